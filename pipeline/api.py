@@ -1,0 +1,544 @@
+"""The plain Python entry: `FeatureExtractor` for notebooks, and `run_shard` that the Hydra app calls.
+
+    from pipeline.api import FeatureExtractor
+    fx = FeatureExtractor("slowfast_r50", checkpoint="SLOWFAST_8x8_R50.pkl", fps=30, stride=16)
+    features, timestamps = fx.extract("video.mp4")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from dataclasses import replace as dataclasses_replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import pipeline
+from pipeline import naming, outputs
+from pipeline.config import (
+    DataConfig,
+    ExtractConfig,
+    HardwareConfig,
+    OutputConfig,
+    ResizeMode,
+    Window,
+    default_threads,
+    validate,
+    video_list_path,
+)
+from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
+from pipeline.io import FrameSource, open_source
+from pipeline.runner import Engine, VideoJob, VideoResult, describe_error
+from pipeline.sampling import WindowSpec
+from pipeline.transforms import FrameTransform
+from pipeline.videolist import VideoEntry, VideoListError, read_video_list
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class RunError(RuntimeError):
+    """A run-level failure (bad list, lock held, disk full): the run stops with this one line."""
+
+
+# --- configuration helpers (pure) ---------------------------------------------------------------
+
+
+def as_object(cfg: DictConfig | ExtractConfig) -> ExtractConfig:
+    """The typed, resolved config (interpolations applied)."""
+    return cfg if isinstance(cfg, ExtractConfig) else OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def window_spec(data: DataConfig) -> WindowSpec:
+    """Clip window settings of a data config."""
+    return WindowSpec(num_frames=data.num_frames, sampling_rate=data.sampling_rate, stride=data.stride,
+                      window=data.window.value, pad=data.pad.value)
+
+
+def frame_transform(cfg: ExtractConfig) -> FrameTransform:
+    """The per-frame spatial transform (resize, crops, channel order) of a run."""
+    r = cfg.data.resize
+    return FrameTransform(mode=r.mode.value, size=(r.size[0], r.size[1]), short_side=r.short_side, crop=r.crop,
+                          num_crops=cfg.data.crops, channel_order=cfg.model.channel_order.value,
+                          backend=r.backend.value)
+
+
+def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, Any]:
+    """Every setting that changes the numbers in a feature file; resume compares these."""
+    d, m = cfg.data, cfg.model
+    resize: dict[str, Any] = {"mode": d.resize.mode.value, "backend": d.resize.backend.value}
+    if d.resize.mode is ResizeMode.square:
+        resize["size"] = list(d.resize.size)
+    else:
+        resize.update(short_side=d.resize.short_side, crop=d.resize.crop)
+    return {
+        "model": m.name,
+        "feature_layer": m.feature_layer,
+        "checkpoint_sha256": weights.sha256,
+        "random_weights": weights.random,
+        "seed": cfg.seed if weights.random else None,
+        "fps": d.fps,
+        "num_frames": d.num_frames,
+        "sampling_rate": d.sampling_rate,
+        "stride": d.stride,
+        "window": d.window.value,
+        "pad": d.pad.value,
+        "resize": resize,
+        "crops": d.crops,
+        "crop_reduce": d.crop_reduce.value if d.crops > 1 else None,
+        "dtype": cfg.output.dtype.value,
+        "channel_order": m.channel_order.value,
+        "mean": list(m.mean),
+        "std": list(m.std),
+        "frames_fps": d.frames.fps,
+    }
+
+
+def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
+    """The stable output dir: `output_dir`, or outputs/<data>/<model>_<T>x<tau>_s<stride>[_extras]."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser().resolve()
+    d, m = cfg.data, cfg.model
+    defaults = DataConfig()
+    extra = {
+        "fps": d.fps,
+        "centered": d.window is Window.centered,
+        "pad": d.pad.value if d.pad.value != defaults.pad.value else None,
+        "short": d.resize.mode is ResizeMode.short_side,
+        "crops": d.crops if d.crops != 1 else None,
+        "layer": m.feature_layer,
+        "fp16": cfg.output.dtype.value == "float16",
+    }
+    name = naming.run_dir_name(d.name, m.name, d.num_frames, d.sampling_rate, d.stride, extra)
+    return ((base or Path.cwd()) / "outputs" / name).resolve()
+
+
+def resolved_config(cfg: DictConfig | ExtractConfig) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved (stored in every output)."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def compose_config(model: str, overrides: Iterable[str] = (), data: str = "custom") -> DictConfig:
+    """Compose conf/ with Hydra's compose API (for notebooks and tests), like the command line would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"model={model}", f"data={data}", *overrides])
+
+
+def prepare_demo(cfg: ExtractConfig) -> None:
+    """Make the demo videos on first use (data=demo only)."""
+    if cfg.data.name == "demo":
+        from pipeline.synth import make_demo_videos
+
+        make_demo_videos(Path(cfg.data.root).expanduser())
+
+
+# --- model + engine -----------------------------------------------------------------------------
+
+
+def setup_torch(hw: HardwareConfig) -> None:
+    """Thread count from hardware.threads (default: the CPUs this process may use)."""
+    torch.set_num_threads(hw.threads or default_threads())
+
+
+def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
+    """Load the model and wire decoder, transform, windows and batching together."""
+    device = device_or_fail(cfg.hardware.device.value)
+    model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
+    channels_last = cfg.hardware.channels_last if cfg.hardware.channels_last is not None else True
+    clip_model = TorchClipModel(model, device=device, mean=cfg.model.mean, std=cfg.model.std,
+                                precision=cfg.hardware.precision.value, channels_last=channels_last,
+                                logits=cfg.output.logits)
+    transform = frame_transform(cfg)
+    data = cfg.data
+
+    def open_video(job: VideoJob) -> FrameSource:
+        return open_source(job.path, fps=data.fps, frames_pattern=data.frames.pattern, frames_fps=data.frames.fps,
+                           resize=transform.decoder_resize)
+
+    engine = Engine(clip_model, open_video, transform, window_spec(data), fps=data.fps,
+                    batch_size=cfg.hardware.batch_size, queue_size=cfg.hardware.queue_size,
+                    decode_workers=cfg.hardware.decode_workers, crop_reduce=data.crop_reduce.value)
+    return engine, weights
+
+
+class FeatureExtractor:
+    """Extract clip features from videos without Hydra: `extract(path)` or `extract_many(paths)`."""
+
+    def __init__(self, model: str = "slowfast_r50", checkpoint: str = "zoo", **settings: Any) -> None:
+        overrides = [f"model.checkpoint={checkpoint}", "data.root=."]
+        cfg = compose_config(model, overrides)
+        for key, value in settings.items():
+            OmegaConf.update(cfg, _settings_key(key), value, merge=False)
+        self.config: ExtractConfig = as_object(cfg)
+        validate(self.config)
+        setup_torch(self.config.hardware)
+        self.engine, self.weights = build_engine(self.config)
+        self.settings = extraction_settings(self.config, self.weights)
+
+    def extract_many(self, paths: Iterable[str | Path]) -> Iterator[VideoResult]:
+        """Results per video as they complete (check `result.error`)."""
+        jobs = [VideoJob(key=str(p), path=Path(p).expanduser().resolve(), rel=str(p)) for p in paths]
+        yield from self.engine.run(jobs)
+
+    def extract(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """Features (rows, dim) and timestamps (rows, 3: start, end, centre seconds) of one video."""
+        (result,) = list(self.extract_many([path]))
+        if result.error:
+            raise RuntimeError(result.error)
+        return result.features, result.timestamps
+
+
+def _settings_key(key: str) -> str:
+    """Map a short keyword (`stride`, `batch_size`, `dtype`) to its config key; dotted keys pass through."""
+    if "." in key:
+        return key
+    for prefix, schema in (("data", DataConfig), ("hardware", HardwareConfig), ("output", OutputConfig)):
+        if key in {f.name for f in fields(schema)}:
+            return f"{prefix}.{key}"
+    if key in {f.name for f in fields(ExtractConfig)}:
+        return key
+    raise TypeError(f"unknown setting {key!r} (use a config key such as data.stride or hardware.batch_size)")
+
+
+# --- a run over a video list --------------------------------------------------------------------
+
+
+@dataclass
+class ShardSummary:
+    """Counts of one shard's run."""
+
+    shard: int
+    num_shards: int
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shard_entries_of(cfg: ExtractConfig, entries: list[VideoEntry], shard_index: int, num_shards: int,
+                     output_dir: Path) -> list[VideoEntry]:
+    """This shard's entries, from shards.json when it matches the list, else computed (and recorded)."""
+    if num_shards == 1:
+        return entries
+    from pipeline.shards import shard_plan
+
+    plan = shard_plan(entries, num_shards, output_dir)
+    wanted = set(plan[shard_index])
+    return [e for e in entries if e.key in wanted]
+
+
+def _manifest_record(entry: VideoEntry, result: VideoResult | None, status: str, settings: dict[str, Any],
+                     **fields_: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": entry.key, "path": entry.rel, "status": status, "outcome": status,
+                              "settings": settings, "time": outputs.now_iso(), "error": None}
+    if result is not None:
+        record.update(seconds=round(result.seconds, 3), frames=result.frames, error=result.error)
+    record.update(fields_)
+    return record
+
+
+def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, Any], settings: dict[str, Any],
+                 weights: WeightsInfo, entry: VideoEntry, result: VideoResult) -> dict[str, Any]:
+    """Write one finished video's feature file, sidecar (and logits) atomically; return its manifest fields."""
+    T = cfg.data.num_frames
+    npy = output_dir / naming.feature_relpath(entry.key, T)
+    dtype = np.dtype(cfg.output.dtype.value)
+    dim = result.features.shape[-1] if result.features is not None else 0
+    shape = (0, dim) if result.features is None else result.features.shape
+    features = result.features.astype(dtype) if result.features is not None else np.zeros(shape, dtype)
+    outputs.save_array(npy, features)
+    logits_files = {}
+    for head, values in (result.logits or {}).items():
+        rel = naming.feature_relpath(entry.key, T)[: -len(".npy")] + f".{head}.npy"
+        outputs.save_array(output_dir / rel, values.astype(np.float32))
+        logits_files[head] = rel
+    info = result.info
+    native_fps = info.native_fps if info else None
+    fps = cfg.data.fps or native_fps
+    sidecar = {
+        "video": entry.rel,
+        "key": entry.key,
+        "source": str(entry.path),
+        "kind": info.kind if info else None,
+        "shape": list(features.shape),
+        "rows": int(features.shape[0]),
+        "dim": int(dim),
+        "dtype": dtype.name,
+        "timestamps": np.round(result.timestamps, 6).tolist(),
+        "fps": fps,
+        "native_fps": native_fps,
+        "frames": result.frames,
+        "duration": round(result.frames * result.frame_duration, 6),
+        "width": info.width if info else None,
+        "height": info.height if info else None,
+        "rotation": info.rotation if info else None,
+        "codec": info.codec if info else None,
+        "decode_seconds": round(result.decode_seconds, 3),
+        "seconds": round(result.seconds, 3),
+        "settings": settings,
+        "model": cfg.model.name,
+        "checkpoint": {"path": weights.path, "sha256": weights.sha256, "random": weights.random},
+        "logits": logits_files or None,
+        "package_version": pipeline.__version__,
+        "config": config_data,
+        "created": outputs.now_iso(),
+    }
+    outputs.save_json(output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
+    return {"rows": int(features.shape[0]), "dim": int(dim), "output": naming.feature_relpath(entry.key, T),
+            "sha256": outputs.file_sha256(npy), "size": npy.stat().st_size}
+
+
+def remove_outputs(output_dir: Path, key: str, num_frames: int) -> None:
+    """Delete a video's old outputs (its recomputation failed: nothing stale may count as done)."""
+    sidecar = output_dir / naming.sidecar_relpath(key, num_frames)
+    extra: list[str] = []
+    if sidecar.is_file():
+        try:
+            extra = list((outputs.read_sidecar(sidecar).get("logits") or {}).values())
+        except (OSError, ValueError):
+            extra = []
+    for rel in (naming.feature_relpath(key, num_frames), *extra):
+        (output_dir / rel).unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+
+
+class Progress:
+    """A tqdm bar over videos on a terminal; periodic log lines otherwise (Slurm logs)."""
+
+    def __init__(self, total: int, every_s: float = 30.0) -> None:
+        self.total, self.done, self.rows, self.every_s = total, 0, 0, every_s
+        self.started = self.last_log = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="video", dynamic_ncols=True)
+
+    def update(self, rows: int) -> None:
+        self.done += 1
+        self.rows += rows
+        elapsed = time.perf_counter() - self.started
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.set_postfix(clips_s=f"{rate:.2f}")
+            self.bar.update(1)
+        elif time.perf_counter() - self.last_log >= self.every_s or self.done == self.total:
+            self.last_log = time.perf_counter()
+            log.info("progress: %d/%d videos, %d clips, %.2f clips/s", self.done, self.total, self.rows, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plan_run(cfg: ExtractConfig, shard_index: int = 0, num_shards: int = 1
+             ) -> tuple[Path, list[VideoEntry], dict[str, outputs.ResumeDecision], dict[str, Any]]:
+    """What a run would do: output dir, this shard's entries and a resume decision per entry."""
+    output_dir = output_dir_of(cfg)
+    try:
+        entries = read_video_list(video_list_path(cfg.data), Path(cfg.data.root).expanduser().resolve(),
+                                  cfg.data.video_ext)
+    except (OSError, VideoListError) as error:
+        raise RunError(str(error)) from error
+    entries = shard_entries_of(cfg, entries, shard_index, num_shards, output_dir)
+    from pipeline.inference import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.model)
+    weights = WeightsInfo(str(path) if path else None, outputs.file_sha256(path) if path else None, path is None)
+    settings = extraction_settings(cfg, weights)
+    latest, problems = outputs.latest_records(output_dir)
+    for problem in problems:
+        log.warning("%s line %d: %s (that video will be recomputed)", problem.path, problem.line, problem.reason)
+    decisions = {
+        e.key: outputs.decide_resume(latest.get(e.key), output_dir, settings,
+                                     overwrite=cfg.output.overwrite, retry_failed=cfg.output.retry_failed)
+        for e in entries
+    }
+    return output_dir, entries, decisions, settings
+
+
+def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards: int = 1) -> ShardSummary:
+    """Extract one shard of the video list into the stable output dir, resuming from its manifests."""
+    c = as_object(cfg)
+    prepare_demo(c)
+    validate(c)
+    setup_torch(c.hardware)
+    output_dir, entries, decisions, _ = plan_run(c, shard_index, num_shards)
+    summary = ShardSummary(shard_index, num_shards)
+    manifest = output_dir / naming.manifest_relpath(shard_index, num_shards)
+    try:
+        lock = outputs.ShardLock(output_dir / naming.lock_relpath(shard_index, num_shards)).acquire()
+    except outputs.LockError as error:
+        raise RunError(str(error)) from error
+    started = time.perf_counter()
+    try:
+        outputs.clean_stale_temps(output_dir)
+        engine, weights = build_engine(c)
+        if weights.random:
+            log.warning("RANDOM WEIGHTS: model.checkpoint=random -- these features are not meaningful; "
+                        "every output records random_weights=true")
+        settings = extraction_settings(c, weights)
+        config_data = resolved_config(c)
+        by_key = {e.key: e for e in entries}
+        todo: list[VideoEntry] = []
+        for entry in entries:
+            decision = decisions[entry.key]
+            if entry.error:
+                summary.failed += 1
+                log.error("FAILED %s: %s", entry.rel, entry.error)
+                outputs.append_record(manifest, _manifest_record(entry, None, "failed", settings, error=entry.error))
+            elif decision.run:
+                if decision.reason != "new":
+                    log.info("recomputing %s: %s", entry.rel, decision.reason)
+                todo.append(entry)
+            else:
+                summary.skipped += 1
+                kept = {k: decision.record.get(k) for k in ("rows", "dim", "output", "sha256", "size", "error")}
+                outputs.append_record(manifest, _manifest_record(entry, None, "skipped", settings, **kept,
+                                                                 outcome=decision.record.get("outcome", "ok"),
+                                                                 reason=decision.reason))
+        log.info("%s: %d videos in shard %d/%d, %d to extract, %d skipped", output_dir, len(entries),
+                 shard_index, num_shards, len(todo), summary.skipped)
+        progress = Progress(len(todo))
+        jobs = [VideoJob(e.key, e.path, e.rel) for e in todo]
+        try:
+            for result in engine.run(jobs):
+                entry = by_key[result.job.key]
+                if result.ok:
+                    written = write_result(output_dir, c, config_data, settings, weights, entry, result)
+                    outputs.append_record(manifest, _manifest_record(entry, result, "ok", settings, **written))
+                    summary.ok += 1
+                    summary.rows += written["rows"]
+                    rate = written["rows"] / result.seconds if result.seconds > 0 else 0.0
+                    log.info("ok %s: %d rows in %.1f s (%.2f clips/s)", entry.rel, written["rows"],
+                             result.seconds, rate)
+                else:
+                    remove_outputs(output_dir, entry.key, c.data.num_frames)
+                    outputs.append_record(manifest, _manifest_record(entry, result, "failed", settings))
+                    summary.failed += 1
+                    log.error("FAILED %s: %s", entry.rel, result.error)
+                progress.update(0 if result.features is None else len(result.features))
+        finally:
+            progress.close()
+    except outputs.OutputError as error:
+        raise RunError(f"stopping: {error} (a rerun of the same command continues from here)") from error
+    finally:
+        lock.release()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    log.info("shard %d/%d done: %d ok, %d failed, %d skipped, %d rows in %.1f s", shard_index, num_shards,
+             summary.ok, summary.failed, summary.skipped, summary.rows, summary.seconds)
+    return summary
+
+
+def environment_record() -> dict[str, Any]:
+    """Versions and host facts recorded for every run."""
+    import platform
+    import socket
+    import subprocess
+
+    import av
+
+    try:
+        revision = subprocess.run(["git", "-C", str(CONF_DIR.parent), "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    return {
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "av": av.__version__,
+        "ffmpeg": getattr(av, "ffmpeg_version_info", None),
+        "package_version": pipeline.__version__,
+        "git_revision": revision,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "pid": os.getpid(),
+    }
+
+
+def resolve_zoo_checkpoint(model: Any) -> Path:
+    """The cached zoo file of a model; FileNotFoundError (with the fetch command) when it is missing."""
+    from pipeline.inference import resolve_checkpoint
+
+    path = resolve_checkpoint(dataclasses_replace(model, checkpoint="zoo"))
+    assert path is not None
+    return path
+
+
+def print_plan(cfg: ExtractConfig) -> int:
+    """dry_run=true: print videos, skip/recompute decisions, shards and the output dir; run nothing."""
+    num_shards = max(cfg.hardware.num_shards, 1)
+    print(f"output dir: {output_dir_of(cfg)}")
+    print(f"shards: {num_shards} ({cfg.hardware.launcher.value} launcher)")
+    counts: dict[str, int] = {}
+    shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(num_shards)
+    for shard in shards:
+        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
+        print(f"shard {shard}/{num_shards}: {len(entries)} videos")
+        for entry in entries:
+            decision = decisions[entry.key]
+            action = "FAIL" if entry.error else ("run" if decision.run else "skip")
+            reason = entry.error or decision.reason
+            counts[action] = counts.get(action, 0) + 1
+            print(f"  {action:4s} {entry.rel}  ({reason})")
+    print("plan: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
+    return 0
+
+
+def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
+    """Write features.h5 for the run (output.hdf5=true); a failure here is logged, features stay."""
+    from pipeline.consolidate import ConsolidateError, consolidate
+
+    compression = cfg.output.hdf5_compression.value if cfg.output.hdf5_compression else None
+    try:
+        return consolidate([output_dir], layout=cfg.output.hdf5_layout.value, compression=compression)
+    except ConsolidateError as error:
+        log.error("consolidation failed: %s", error)
+        return None
+
+
+def finish_run(cfg: ExtractConfig, output_dir: Path, summaries: list[ShardSummary], hydra_dir: Path | None,
+               h5: Path | None) -> int:
+    """Record runs/<timestamp>.json, print the summary; exit status 1 if any video failed."""
+    totals = {k: sum(getattr(s, k) for s in summaries) for k in ("ok", "failed", "skipped", "rows")}
+    record = {
+        "config": resolved_config(cfg),
+        "command": sys.argv,
+        "hydra_run_dir": str(hydra_dir) if hydra_dir else None,
+        "log": str(hydra_dir / "extract.log") if hydra_dir else None,
+        "output_dir": str(output_dir),
+        "hdf5": str(h5) if h5 else None,
+        "shards": [s.as_dict() for s in summaries],
+        "totals": totals,
+        "environment": environment_record(),
+        "finished": outputs.now_iso(),
+    }
+    stamp = outputs.now_iso().replace(":", "-")
+    outputs.save_json(output_dir / "runs" / f"{stamp}-{os.getpid()}.json", record)
+    print(f"features: {output_dir / 'features'}" + (f"\nhdf5: {h5}" if h5 else ""))
+    print(f"summary: {totals['ok']} ok, {totals['failed']} failed, {totals['skipped']} skipped, "
+          f"{totals['rows']} rows")
+    if totals["failed"]:
+        print(f"failed videos are listed in {output_dir / 'manifests'} (status \"failed\")")
+    return 1 if totals["failed"] else 0

@@ -1,0 +1,278 @@
+"""Structured configs for every Hydra group, registered in the ConfigStore, plus start-up validation.
+
+A typo or a wrong type fails when Hydra composes the config (OmegaConf names the key); impossible
+combinations of otherwise valid values fail in `validate`, also naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message starts with the offending key."""
+
+
+class ChannelOrder(str, Enum):
+    rgb = "rgb"
+    bgr = "bgr"
+
+
+class Window(str, Enum):
+    sliding = "sliding"
+    centered = "centered"
+
+
+class Pad(str, Enum):
+    zero = "zero"
+    edge = "edge"
+    drop = "drop"
+
+
+class ResizeMode(str, Enum):
+    square = "square"
+    short_side = "short_side"
+
+
+class ResizeBackend(str, Enum):
+    torch = "torch"
+    ffmpeg = "ffmpeg"
+
+
+class CropReduce(str, Enum):
+    stack = "stack"
+    mean = "mean"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Launcher(str, Enum):
+    inprocess = "inprocess"
+    local = "local"
+    slurm = "slurm"
+
+
+class FeatureDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Hdf5Layout(str, Enum):
+    copy = "copy"
+    external = "external"
+
+
+class Hdf5Compression(str, Enum):
+    gzip = "gzip"
+    lzf = "lzf"
+
+
+@dataclass
+class ModelConfig:
+    """A model of the registry with its own defaults; `checkpoint` is a path, `zoo` or `random`."""
+
+    name: str = MISSING
+    arch: str = MISSING
+    checkpoint: str = "zoo"
+    num_frames: int = MISSING
+    sampling_rate: int = MISSING
+    alpha: int | None = None
+    crop_size: int = 256
+    short_side: int = 256
+    channel_order: ChannelOrder = ChannelOrder.rgb
+    mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
+    std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    feature_layer: str | None = None
+    feature_dim: int = MISSING
+    zoo_url: str | None = None
+
+
+@dataclass
+class ResizeConfig:
+    """`square` squashes to size [w, h]; `short_side` scales the short side then crops `crop` squares."""
+
+    mode: ResizeMode = ResizeMode.square
+    size: list[int] = field(default_factory=lambda: ["${model.crop_size}", "${model.crop_size}"])
+    short_side: int = "${model.short_side}"  # type: ignore[assignment]
+    crop: int = "${model.crop_size}"  # type: ignore[assignment]
+    backend: ResizeBackend = ResizeBackend.torch
+
+
+@dataclass
+class FramesConfig:
+    """Folders of frames: file name pattern (Python format) and their frame rate."""
+
+    pattern: str = "frame_{:010d}.jpg"
+    fps: float = 30.0
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are cut from them."""
+
+    name: str = "custom"
+    root: str = MISSING
+    video_list: str | None = None
+    video_ext: str | None = None
+    fps: float | None = None
+    num_frames: int = "${model.num_frames}"  # type: ignore[assignment]
+    sampling_rate: int = "${model.sampling_rate}"  # type: ignore[assignment]
+    stride: int = "${data.num_frames}"  # type: ignore[assignment]
+    window: Window = Window.sliding
+    pad: Pad = Pad.zero
+    resize: ResizeConfig = field(default_factory=ResizeConfig)
+    crops: int = 1
+    crop_reduce: CropReduce = CropReduce.stack
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    decode_timeout_s: float | None = 600.0
+
+
+@dataclass
+class HardwareConfig:
+    """Where and how the model runs; slurm_* style fields are used by the slurm launcher only."""
+
+    name: str = "cpu"
+    launcher: Launcher = Launcher.inprocess
+    device: Device = Device.cpu
+    threads: int | None = None
+    batch_size: int = 4
+    precision: Precision = Precision.fp32
+    channels_last: bool | None = None
+    compile: bool = False
+    decode_workers: int = 1
+    queue_size: int = 16
+    num_shards: int = 1
+    shard_index: int | None = None
+    wait: bool = True
+    gpus: list[int] | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    timeout_min: int = 1440
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    log_dir: str | None = None
+    max_num_timeout: int = 3
+    signal_delay_s: int = 120
+
+
+@dataclass
+class OutputConfig:
+    """What is written and how reruns treat existing work."""
+
+    dtype: FeatureDtype = FeatureDtype.float32
+    logits: bool = False
+    overwrite: bool = False
+    retry_failed: bool = True
+    hdf5: bool = True
+    hdf5_layout: Hdf5Layout = Hdf5Layout.copy
+    hdf5_compression: Hdf5Compression | None = None
+
+
+@dataclass
+class ExtractConfig:
+    """The whole run: one model, one data set, one hardware setting."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    output: OutputConfig = field(default_factory=OutputConfig)
+    output_dir: str | None = None
+    seed: int = 0
+    dry_run: bool = False
+
+
+def register_configs() -> None:
+    """Register the schemas so that conf/*.yaml are validated against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="extract_schema", node=ExtractConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: DictConfig | ExtractConfig) -> None:
+    """Fail with `ConfigError('<key>: <why>')` on impossible values; resolves interpolations."""
+    try:
+        c = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    except Exception as error:  # missing values and bad interpolations name their key
+        raise ConfigError(str(error).splitlines()[0]) from error
+    assert isinstance(c, ExtractConfig)
+    m, d, h = c.model, c.data, c.hardware
+    if m.checkpoint not in ("zoo", "random") and not Path(m.checkpoint).expanduser().is_file():
+        _fail("model.checkpoint", f"no such file: {m.checkpoint} (use a path, 'zoo' or 'random')")
+    for key, value in (("data.num_frames", d.num_frames), ("data.sampling_rate", d.sampling_rate),
+                       ("data.stride", d.stride), ("data.crops", d.crops), ("hardware.batch_size", h.batch_size),
+                       ("hardware.decode_workers", h.decode_workers),
+                       ("hardware.queue_size", h.queue_size)):
+        if value < 1:
+            _fail(key, f"must be >= 1 (got {value})")
+    if h.num_shards < (0 if h.launcher is Launcher.local else 1):
+        _fail("hardware.num_shards", f"must be >= 1 (0 = one per GPU with the local launcher; got {h.num_shards})")
+    if m.alpha is not None and d.num_frames % m.alpha:
+        _fail("data.num_frames", f"{d.num_frames} is not divisible by model.alpha={m.alpha}")
+    if d.window is Window.centered and d.num_frames % 2:
+        _fail("data.num_frames", f"centered windows need an even number of frames (got {d.num_frames})")
+    if d.fps is not None and d.fps <= 0:
+        _fail("data.fps", f"must be > 0 or null for the native rate (got {d.fps})")
+    if d.frames.fps <= 0:
+        _fail("data.frames.fps", f"must be > 0 (got {d.frames.fps})")
+    if d.decode_timeout_s is not None and d.decode_timeout_s <= 0:
+        _fail("data.decode_timeout_s", f"must be > 0 or null (got {d.decode_timeout_s})")
+    if d.crops not in (1, 3):
+        _fail("data.crops", f"must be 1 or 3 (got {d.crops})")
+    if d.crops == 3 and d.resize.mode is not ResizeMode.short_side:
+        _fail("data.crops", "3 crops need data.resize.mode=short_side")
+    if len(d.resize.size) != 2 or min(d.resize.size) < 1:
+        _fail("data.resize.size", f"must be [width, height] >= 1 (got {list(d.resize.size)})")
+    if d.resize.mode is ResizeMode.short_side and d.resize.crop > d.resize.short_side:
+        _fail("data.resize.crop", f"{d.resize.crop} is larger than data.resize.short_side={d.resize.short_side}")
+    if not Path(d.root).expanduser().is_dir():
+        _fail("data.root", f"no such directory: {d.root}")
+    if h.shard_index is not None and not 0 <= h.shard_index < h.num_shards:
+        _fail("hardware.shard_index", f"must be in [0, {h.num_shards}) (got {h.shard_index})")
+    if h.threads is not None and h.threads < 1:
+        _fail("hardware.threads", f"must be >= 1 or null (got {h.threads})")
+    if h.device is Device.cpu and h.precision is Precision.fp16:
+        _fail("hardware.precision", "fp16 autocast is for GPUs; use fp32 (or bf16) on CPU")
+
+
+def video_list_path(data: DataConfig) -> Path:
+    """The list file: `data.video_list`, or `<root>/video_list.csv`."""
+    return Path(data.video_list).expanduser() if data.video_list else Path(data.root).expanduser() / "video_list.csv"
+
+
+def default_threads() -> int:
+    """CPUs this process may use (Slurm's cpus_per_task when set, else the affinity mask)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit():
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

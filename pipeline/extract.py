@@ -1,0 +1,84 @@
+"""`python -m pipeline.extract model=... data=... hardware=...`: the Hydra app, the whole story in one page.
+
+compose config -> validate -> plan (video list, shards, resume) -> run shards (in-process, local
+workers or Slurm) -> consolidate to HDF5 -> record the run -> summary and exit status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pipeline import api
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
+from pipeline.weights import WeightsError
+
+log = logging.getLogger("pipeline.extract")
+register_configs()
+
+EXPECTED_ERRORS = (ConfigError, api.RunError, CheckpointError, WeightsError, FileNotFoundError, PermissionError, RuntimeError, ValueError)
+
+
+def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
+    """The demo alone falls back to random weights when the zoo file is not cached (and says so loudly)."""
+    if cfg.data.name != "demo" or cfg.model.checkpoint != "zoo":
+        return cfg
+    try:
+        api.resolve_zoo_checkpoint(cfg.model)
+        return cfg
+    except (FileNotFoundError, WeightsError):
+        log.warning("=" * 78)
+        log.warning("DEMO ON RANDOM WEIGHTS: no cached checkpoint for %s; features are NOT meaningful.",
+                    cfg.model.name)
+        log.warning("Fetch real weights with: python scripts/download_weights.py %s", cfg.model.name)
+        log.warning("=" * 78)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="random"))
+
+
+def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> int:
+    """Run the configured extraction; returns the exit status (0 ok, 1 some video failed)."""
+    api.prepare_demo(cfg)
+    validate(cfg)
+    cfg = demo_weights(cfg)
+    if cfg.dry_run:
+        return api.print_plan(cfg)
+    output_dir = api.output_dir_of(cfg)
+    if cfg.hardware.launcher is Launcher.inprocess:
+        shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(cfg.hardware.num_shards)
+        summaries = [api.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
+    else:
+        from pipeline.launch import launch_run
+
+        summaries = launch_run(cfg, output_dir)
+        if summaries is None:  # submitted without waiting (hardware.wait=false)
+            return 0
+    complete = cfg.hardware.shard_index is None
+    h5 = api.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
+    return api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> int:
+    """Hydra entry point; a sweep job returns its status instead of exiting (so the sweep goes on)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode is RunMode.MULTIRUN
+    try:
+        status = extract(api.as_object(cfg), Path(hydra_cfg.runtime.output_dir))
+    except EXPECTED_ERRORS as error:
+        log.error("%s", api.describe_error(error))
+        status = 2
+    if not multirun and status:
+        sys.exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The model side of a run: build a registry model, load its weights, and run batches of uint8 clips."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import ModelConfig
+from pipeline.models.registry import VideoModel, build_model
+from pipeline.transforms import normalize_clips
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from; recorded in every output."""
+
+    path: str | None
+    sha256: str | None
+    random: bool
+    format: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What makes two runs' weights the same: the file hash, or the seed for random weights."""
+        return self.sha256 or "random"
+
+
+def resolve_checkpoint(model: ModelConfig) -> Path | None:
+    """The checkpoint file for `model.checkpoint` (a path or `zoo`), or None for `random`."""
+    if model.checkpoint == "random":
+        return None
+    if model.checkpoint == "zoo":
+        from pipeline.weights import resolve_zoo
+
+        return resolve_zoo(model.name)
+    return Path(model.checkpoint).expanduser().resolve()
+
+
+def load_model(model: ModelConfig, *, need_head: bool, seed: int) -> tuple[VideoModel, WeightsInfo]:
+    """Build the model in eval mode and fill its weights; random weights only when asked (seeded)."""
+    path = resolve_checkpoint(model)
+    torch.manual_seed(seed)
+    network = build_model(model.name, feature_layer=model.feature_layer)
+    if path is None:
+        info = WeightsInfo(None, None, True)
+    else:
+        report = ckpt.load_checkpoint(path, network, require_head=need_head)
+        info = WeightsInfo(str(path), report.sha256, False, report.format)
+    return network.eval(), info
+
+
+def device_or_fail(name: str) -> torch.device:
+    """The torch device for `hardware.device`; a missing GPU is one clear error at start."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("hardware.device=cuda but no CUDA GPU is visible to torch (use hardware=cpu)")
+    return torch.device(name)
+
+
+class TorchClipModel:
+    """Normalises uint8 clips on the device and returns pooled features (and logits when asked)."""
+
+    def __init__(
+        self,
+        model: VideoModel,
+        *,
+        device: torch.device,
+        mean: list[float],
+        std: list[float],
+        precision: str = "fp32",
+        channels_last: bool = True,
+        logits: bool = False,
+    ) -> None:
+        self.device = device
+        self.dtype = PRECISIONS[precision]
+        if self.dtype is torch.float16 and device.type != "cuda":
+            raise RuntimeError("hardware.precision=fp16 needs a CUDA device")
+        if self.dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError("hardware.precision=bf16 is not supported by this GPU")
+        self.channels_last = channels_last
+        memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.model = model.to(device=device, memory_format=memory_format).eval()
+        self.mean, self.std = list(mean), list(std)
+        self.logits = logits
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, clips: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        pixels = torch.from_numpy(clips)
+        mask = torch.from_numpy(np.ascontiguousarray(valid))
+        if self.device.type == "cuda":
+            pixels, mask = pixels.pin_memory(), mask.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True)
+        mask = mask.to(self.device, non_blocking=True)
+        inputs = normalize_clips(pixels, mask, self.mean, self.std)
+        pathways = self.model.pathways(inputs)
+        if self.channels_last:
+            pathways = [p.contiguous(memory_format=torch.channels_last_3d) for p in pathways]
+        with self._autocast():
+            features = self.model.forward_features(pathways)
+            heads = self.model.logits(features) if self.logits else None
+        if heads is not None and not isinstance(heads, dict):
+            heads = {"logits": heads}
+        out_logits = {k: v.float().cpu().numpy() for k, v in heads.items()} if heads else None
+        return features.float().cpu().numpy(), out_logits

@@ -1,0 +1,291 @@
+"""Everything the output dir holds: atomic feature files, sidecars, manifests, locks and resume decisions.
+
+Layout of an output dir (names come from `pipeline.naming`):
+    features/<key>_<T>.npy     float32/16 (rows, dim) or (rows, crops, dim)
+    features/<key>_<T>.json    sidecar: timestamps + metadata + settings + resolved config
+    manifests/shard-{i}-of-{N}.jsonl   one record per video and run, appended when the video ends
+    locks/shard-{i}-of-{N}.lock        fcntl lock held while a shard runs
+    runs/<timestamp>.json              one per invocation
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TEMP_MARK = ".tmp-"
+
+
+class OutputError(OSError):
+    """A write to the output dir failed (disk full, read-only): the run cannot usefully go on."""
+
+
+class LockError(RuntimeError):
+    """Another process holds this shard's lock."""
+
+
+def now_iso() -> str:
+    """Local time, ISO 8601 with offset, to the second."""
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_name, path)
+        _fsync_dir(path.parent)
+    except BaseException as error:
+        Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES):
+            raise OutputError(error.errno, f"cannot write {path}: {os.strerror(error.errno)}") from error
+        raise
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Save one .npy atomically."""
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Save JSON atomically (UTF-8, sorted keys, no NaN)."""
+    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def clean_stale_temps(output_dir: Path) -> int:
+    """Remove temp files left by a killed process; returns how many."""
+    removed = 0
+    for sub in ("features", "manifests", "runs", ""):
+        base = output_dir / sub
+        if not base.is_dir():
+            continue
+        pattern = "**/.*" if sub else ".*"
+        for temp in base.glob(pattern):
+            if TEMP_MARK in temp.name and temp.is_file():
+                temp.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        log.info("removed %d stale temp file(s) under %s", removed, output_dir)
+    return removed
+
+
+def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
+    """Byte offset of the data section of a .npy file, with its shape and dtype (checks the size)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        # format 3.0 differs from 2.0 only in the header's text encoding (utf-8), same layout
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if fortran:
+        raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ValueError(f"{path}: truncated .npy ({actual} bytes, header says {expected})")
+    return offset, tuple(shape), dtype
+
+
+# --- manifests ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """A manifest line that could not be used."""
+
+    path: Path
+    line: int
+    reason: str
+
+
+def append_record(manifest: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it (a record is either whole or absent after a crash)."""
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n"
+    try:
+        with open(manifest, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputError(error.errno or 0, f"cannot append to {manifest}: {error.strerror}") from error
+
+
+REQUIRED_FIELDS = ("key", "path", "status")
+
+
+def read_manifest(manifest: Path) -> tuple[list[dict[str, Any]], list[ManifestProblem]]:
+    """All usable records of one manifest, in order, and the problems of the others (with line numbers)."""
+    records: list[dict[str, Any]] = []
+    problems: list[ManifestProblem] = []
+    if not manifest.exists():
+        return records, problems
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                problems.append(ManifestProblem(manifest, number, f"not JSON ({error.msg})"))
+                continue
+            if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
+                problems.append(ManifestProblem(manifest, number, "not a manifest record (needs key, path, status)"))
+                continue
+            records.append(record)
+    return records, problems
+
+
+def manifest_files(output_dir: Path) -> list[Path]:
+    """Every shard manifest of an output dir, sorted."""
+    return sorted((output_dir / "manifests").glob("shard-*-of-*.jsonl"))
+
+
+def latest_records(output_dir: Path) -> tuple[dict[str, dict[str, Any]], list[ManifestProblem]]:
+    """The newest record per video key over all shard manifests (a rerun may use other shards)."""
+    latest: dict[str, dict[str, Any]] = {}
+    problems: list[ManifestProblem] = []
+    for manifest in manifest_files(output_dir):
+        records, bad = read_manifest(manifest)
+        problems.extend(bad)
+        for record in records:
+            previous = latest.get(record["key"])
+            if previous is None or str(record.get("time", "")) >= str(previous.get("time", "")):
+                latest[record["key"]] = record
+    return latest, problems
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    """Whether a video is run again, and the one-line reason."""
+
+    run: bool
+    reason: str
+    record: dict[str, Any] | None = None
+
+
+def decide_resume(
+    record: dict[str, Any] | None,
+    output_dir: Path,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool,
+    retry_failed: bool,
+    verify_hash: bool = True,
+) -> ResumeDecision:
+    """Decide from the newest manifest record whether a video's output can be kept."""
+    if overwrite:
+        return ResumeDecision(True, "output.overwrite=true")
+    if record is None:
+        return ResumeDecision(True, "new")
+    outcome = record.get("outcome", record["status"])
+    if outcome == "failed":
+        if retry_failed:
+            return ResumeDecision(True, f"retrying failed video ({record.get('error')})")
+        return ResumeDecision(False, "failed before; output.retry_failed=false", record)
+    if outcome != "ok":
+        return ResumeDecision(True, f"unknown outcome {outcome!r} in manifest")
+    if record.get("settings") != settings:
+        changed = sorted(k for k in set(settings) | set(record.get("settings") or {})
+                         if (record.get("settings") or {}).get(k) != settings.get(k))
+        return ResumeDecision(True, f"settings changed: {', '.join(changed)}")
+    output = output_dir / str(record.get("output"))
+    if not output.is_file():
+        return ResumeDecision(True, f"output missing: {record.get('output')}")
+    if output.stat().st_size != record.get("size"):
+        return ResumeDecision(True, "output size differs from the manifest")
+    if verify_hash and file_sha256(output) != record.get("sha256"):
+        return ResumeDecision(True, "output sha256 differs from the manifest")
+    return ResumeDecision(False, "done", record)
+
+
+# --- locks --------------------------------------------------------------------------------------
+
+
+class ShardLock:
+    """An exclusive `fcntl.flock` on a lock file; dies with its holder (no stale pid files)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: io.TextIOWrapper | None = None
+
+    def acquire(self) -> ShardLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise LockError(f"{self.path} is held by {holder}: another extraction is writing this shard") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ShardLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def iter_sidecars(output_dir: Path) -> Iterator[Path]:
+    """Every sidecar JSON under features/, sorted."""
+    yield from sorted(p for p in (output_dir / "features").rglob("*.json") if TEMP_MARK not in p.name)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Load one sidecar JSON."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create/refresh the project's virtual environment (.venv by default) and install the package.
+# Idempotent: re-installs only when pyproject.toml changed. Used by demo.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)${1:+-$1}"
+if [ -f "$stamp" ]; then exit 0; fi
+echo "setting up $VENV (once) ..." >&2
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# Pin the torch release: a plain `torch` may pull a multi-GB build; on a GPU node pick your CUDA build first.
+"$VENV/bin/python" -m pip show torch >/dev/null 2>&1 || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+if [ "${1:-}" = "test" ]; then
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  # Test-only reference: PyPI slowfast==1.0 declares detectron2 (not installable), so no deps here.
+  "$VENV/bin/python" -m pip install -q --no-deps slowfast==1.0 yacs simplejson
+else
+  "$VENV/bin/python" -m pip install -q -e .
+fi
+touch "$stamp"

@@ -1,0 +1,146 @@
+"""Atomic writes, manifests, resume decisions and shard locks (pipeline.outputs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pipeline import outputs
+
+
+def test_save_array_is_atomic_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "features" / "a_32.npy"
+    outputs.save_array(target, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.array_equal(np.load(target), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert [p.name for p in target.parent.iterdir()] == ["a_32.npy"]
+
+
+def test_failed_write_keeps_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "x.npy"
+    outputs.save_array(target, np.ones(3))
+
+    def broken(f):
+        f.write(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        outputs.atomic_write(target, broken)
+    assert np.array_equal(np.load(target), np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
+def test_read_only_dir_is_an_output_error(tmp_path):
+    if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
+        # root ignores permissions: simulate with a path whose parent is a file
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(OSError):
+            outputs.save_array(tmp_path / "file" / "y.npy", np.ones(2))
+    else:  # pragma: no cover - non-root
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(outputs.OutputError):
+            outputs.save_array(ro / "y.npy", np.ones(2))
+
+
+def test_clean_stale_temps_removes_only_temps(tmp_path):
+    features = tmp_path / "features" / "P01"
+    features.mkdir(parents=True)
+    (features / "a_32.npy").write_bytes(b"x")
+    (features / ".a_32.npy.tmp-abc").write_bytes(b"half")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / ".shard-0-of-1.jsonl.tmp-x").write_text("")
+    assert outputs.clean_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in features.iterdir()) == ["a_32.npy"]
+
+
+def test_manifest_append_and_read_reports_bad_lines(tmp_path):
+    manifest = tmp_path / "manifests" / "shard-0-of-1.jsonl"
+    outputs.append_record(manifest, {"key": "a", "path": "a.mp4", "status": "ok", "time": "1"})
+    with open(manifest, "a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({"foreign": True}) + "\n")
+    outputs.append_record(manifest, {"key": "b", "path": "b.mp4", "status": "failed", "time": "2"})
+    records, problems = outputs.read_manifest(manifest)
+    assert [r["key"] for r in records] == ["a", "b"]
+    assert [(p.line, p.reason.split(" ")[0]) for p in problems] == [(2, "not"), (3, "not")]
+
+
+def test_latest_record_wins_across_shards(tmp_path):
+    m0 = tmp_path / "manifests" / "shard-0-of-2.jsonl"
+    m1 = tmp_path / "manifests" / "shard-0-of-1.jsonl"
+    outputs.append_record(m0, {"key": "a", "path": "a", "status": "failed", "time": "2026-01-01T00:00:00"})
+    outputs.append_record(m1, {"key": "a", "path": "a", "status": "ok", "time": "2026-01-02T00:00:00"})
+    outputs.append_record(m1, {"key": "a", "path": "a", "status": "skipped", "outcome": "ok",
+                               "time": "2026-01-02T00:00:00"})
+    latest, _ = outputs.latest_records(tmp_path)
+    assert latest["a"]["status"] == "skipped"
+
+
+def _ok_record(tmp_path, settings):
+    npy = tmp_path / "features" / "a_8.npy"
+    outputs.save_array(npy, np.ones((2, 4), np.float32))
+    return {"key": "a", "path": "a.mp4", "status": "ok", "outcome": "ok", "output": "features/a_8.npy",
+            "size": npy.stat().st_size, "sha256": outputs.file_sha256(npy), "settings": settings}
+
+
+def test_resume_decisions(tmp_path):
+    settings = {"model": "m", "stride": 8}
+    record = _ok_record(tmp_path, settings)
+    decide = outputs.decide_resume
+    assert decide(None, tmp_path, settings, overwrite=False, retry_failed=True).reason == "new"
+    done = decide(record, tmp_path, settings, overwrite=False, retry_failed=True)
+    assert not done.run and done.reason == "done"
+    assert decide(record, tmp_path, settings, overwrite=True, retry_failed=True).run
+    changed = decide(record, tmp_path, {"model": "m", "stride": 4}, overwrite=False, retry_failed=True)
+    assert changed.run and "stride" in changed.reason
+    failed = {**record, "status": "failed", "outcome": "failed", "error": "boom"}
+    assert decide(failed, tmp_path, settings, overwrite=False, retry_failed=True).run
+    assert not decide(failed, tmp_path, settings, overwrite=False, retry_failed=False).run
+    # a file that differs from its record (e.g. replaced or truncated) is recomputed
+    npy = tmp_path / "features" / "a_8.npy"
+    outputs.save_array(npy, np.zeros((2, 4), np.float32))
+    tampered = decide(record, tmp_path, settings, overwrite=False, retry_failed=True)
+    assert tampered.run and "sha256" in tampered.reason
+    npy.unlink()
+    assert "missing" in decide(record, tmp_path, settings, overwrite=False, retry_failed=True).reason
+
+
+def test_npy_data_offset_and_truncation(tmp_path):
+    path = tmp_path / "x.npy"
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(path, array)
+    offset, shape, dtype = outputs.npy_data_offset(path)
+    raw = path.read_bytes()[offset:]
+    assert shape == (3, 4) and dtype == np.float32
+    assert np.array_equal(np.frombuffer(raw, dtype=np.float32).reshape(3, 4), array)
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        outputs.npy_data_offset(path)
+
+
+def test_lock_refuses_second_holder_and_dies_with_holder(tmp_path):
+    lock_path = tmp_path / "locks" / "shard-0-of-1.lock"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from pipeline.outputs import ShardLock
+        lock = ShardLock(Path({str(lock_path)!r})).acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(outputs.LockError, match="another extraction"):
+            outputs.ShardLock(lock_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # SIGKILL released the OS lock: no stale pid file blocks us
+    with outputs.ShardLock(lock_path):
+        pass
