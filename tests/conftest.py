@@ -1,0 +1,24 @@
+"""Shared fixtures: generated videos (PyAV) and a runner for `python -m pipeline.extract` in a subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import synth
+
+@pytest.fixture(scope="session")
+def video_root(tmp_path_factory) -> Path:
+    """A small collection: several codecs, containers, sizes and rates, a frame folder, and bad files."""
+    root = tmp_path_factory.mktemp("videos")
+    synth.write_video(root / "a.b.mp4", codec="libx264", size=(96, 64), fps=30, seconds=2.0)
+    synth.write_video(root / "sub" / "vp9.webm", codec="libvpx-vp9", size=(80, 60), fps=25, seconds=1.6)
+    synth.write_video(root / "sub" / "old.avi", codec="mpeg4", size=(64, 48), fps=15, seconds=1.0)
+    synth.write_video(root / "short.mkv", codec="mjpeg", size=(64, 48), fps=30, seconds=0.2)
+    synth.write_frame_folder(root / "frames_clip", 20, pattern="frame_{:010d}.jpg", size=(64, 48))
+    synth.write_random_bytes(root / "broken.mp4", 4096)
+    (root / "video_list.csv").write_text(
+        "path\r\na.b.mp4\r\nsub/vp9.webm\r\n\r\nsub/old\r\n  short.mkv  \r\nframes_clip\r\nbroken.mp4\r\na.b.mp4\r\n"
+    )
+    return root

@@ -1,0 +1,95 @@
+"""Structured config validation: typos, wrong types and impossible values fail at start, naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from pipeline.api import compose_config, output_dir_of
+from pipeline.config import ConfigError, validate
+from pipeline.models.registry import get_spec, list_models
+from tests.helpers import run_extract
+
+
+def _cfg(tmp_path, *overrides, model="slowfast_tiny"):
+    return compose_config(model, [f"data.root={tmp_path}", *overrides])
+
+
+def test_defaults_follow_the_model(tmp_path):
+    cfg = _cfg(tmp_path, model="slowfast_r50")
+    assert (cfg.data.num_frames, cfg.data.sampling_rate, cfg.data.stride) == (32, 2, 32)
+    assert cfg.data.resize.size == [256, 256]
+    validate(cfg)
+
+
+def test_epic_preset(tmp_path):
+    cfg = compose_config("slowfast_r50", [f"data.root={tmp_path}"], data="epic")
+    assert (cfg.data.fps, cfg.data.num_frames, cfg.data.sampling_rate, cfg.data.stride) == (30, 32, 1, 16)
+    assert cfg.data.video_ext == ".MP4"
+    validate(cfg)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("data.num_frames=30", "data.num_frames"),  # not divisible by alpha=4
+    ("data.stride=0", "data.stride"),
+    ("data.fps=0", "data.fps"),
+    ("data.fps=-5", "data.fps"),
+    ("data.crops=2", "data.crops"),
+    ("data.crops=3", "data.crops"),  # needs short_side
+    ("hardware.batch_size=0", "hardware.batch_size"),
+    ("hardware.shard_index=3", "hardware.shard_index"),
+    ("model.checkpoint=/nonexistent/model.pyth", "model.checkpoint"),
+])
+def test_impossible_values_name_their_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}:"):
+        validate(_cfg(tmp_path, override))
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.root: no such directory"):
+        validate(_cfg(tmp_path / "nope"))
+
+
+def test_typo_and_wrong_type_fail_at_compose(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="data.strid"):
+        _cfg(tmp_path, "data.strid=3")
+    with pytest.raises(ConfigCompositionException) as wrong_type:
+        _cfg(tmp_path, "data.stride=abc")
+    assert "stride" in str(wrong_type.value.__cause__)
+    with pytest.raises(ConfigCompositionException) as wrong_choice:
+        _cfg(tmp_path, "data.window=diagonal")
+    assert "sliding" in str(wrong_choice.value.__cause__)
+
+
+def test_stable_output_dir_names(tmp_path):
+    base = output_dir_of(__import__("pipeline.api").api.as_object(_cfg(tmp_path)), base=tmp_path)
+    assert base == tmp_path / "outputs" / "custom" / "slowfast_tiny_8x1_s8"
+    other = __import__("pipeline.api").api.as_object(_cfg(tmp_path, "data.fps=30", "data.stride=4"))
+    assert output_dir_of(other, base=tmp_path).name == "slowfast_tiny_8x1_s4_fps30"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_configs_match_the_registry(name, tmp_path):
+    spec = get_spec(name)
+    m = compose_config(name, [f"data.root={tmp_path}"]).model
+    assert (m.name, m.arch, m.num_frames, m.sampling_rate, m.alpha) == (
+        spec.name, spec.arch, spec.num_frames, spec.sampling_rate, spec.alpha)
+    assert (m.crop_size, m.short_side, m.channel_order.value, m.feature_dim) == (
+        spec.crop_size, spec.short_side, spec.channel_order, spec.feature_dim)
+    assert tuple(m.mean) == tuple(spec.mean) and tuple(m.std) == tuple(spec.std)
+    assert m.zoo_url == spec.zoo_url
+
+
+def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
+    done = run_extract(tmp_path, "model=slowfast_tiny", "data=custom", f"data.root={tmp_path}", "data.stride=0")
+    assert done.returncode == 2
+    assert "data.stride: must be >= 1 (got 0)" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_cli_help_lists_groups(tmp_path):
+    done = run_extract(tmp_path, "--help")
+    assert done.returncode == 0
+    for group in ("model:", "data:", "hardware:"):
+        assert group in done.stdout
+    assert "slowfast_r50" in done.stdout and "epic" in done.stdout and "slurm" in done.stdout
