@@ -171,7 +171,7 @@ class Engine:
                     if not emit(stream.push(self.transform(frame.image), frame.time)):
                         return
                 if frames == 0:
-                    raise DecodeError(f"{job.path}: zero decodable frames")
+                    raise DecodeError(job.path, "zero decodable frames")
                 if not emit(stream.finish()):
                     return
                 info = source.info

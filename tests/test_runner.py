@@ -1,0 +1,123 @@
+"""The streaming engine with a stand-in model: row order, padding, cross-video batching, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.io import DecodeError, Frame, SourceInfo
+from pipeline.runner import Engine, VideoJob
+from pipeline.sampling import WindowSpec, clip_windows
+
+
+class CountingSource:
+    """Frames whose pixels all equal their index + 1 (so zero padding is distinguishable)."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n, self.fail_at = n, fail_at
+        self.info = SourceInfo(Path("x"), "video", 4, 4, 10.0, n / 10, n, "fake")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i == self.fail_at:
+                raise DecodeError("x", f"decode error at frame {i}")
+            yield Frame(np.full((4, 4, 3), (i + 1) % 256, np.uint8), i / 10, i)
+
+
+class FrameIdModel:
+    """Feature of a clip = the value of each frame (frame index + 1; 0 for zero padding)."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, clips, valid):
+        self.batch_sizes.append(len(clips))
+        values = clips[:, :, 0, 0, 0].astype(np.float32) * valid
+        return values, None
+
+
+def make_engine(lengths: dict[str, int], spec: WindowSpec, fail: dict[str, int] | None = None, **kwargs):
+    model = FrameIdModel()
+
+    def open_video(job: VideoJob):
+        return CountingSource(lengths[job.key], (fail or {}).get(job.key))
+
+    return Engine(model, open_video, lambda image: image[None], spec, fps=10.0, **kwargs), model
+
+
+def jobs(keys):
+    return [VideoJob(k, Path(k), k) for k in keys]
+
+
+def expected_rows(n: int, spec: WindowSpec) -> np.ndarray:
+    windows = clip_windows(n, spec)
+    if spec.pad == "zero":
+        return np.where((windows >= 0) & (windows < n), (windows + 1) % 256, 0).astype(np.float32)
+    return ((np.clip(windows, 0, n - 1) + 1) % 256).astype(np.float32)
+
+
+@pytest.mark.parametrize("spec", [
+    WindowSpec(8, 1, 4, "sliding", "zero"),
+    WindowSpec(4, 2, 3, "sliding", "edge"),
+    WindowSpec(4, 2, 3, "sliding", "drop"),
+    WindowSpec(6, 1, 1, "centered", "zero"),
+    WindowSpec(6, 2, 5, "centered", "edge"),
+])
+def test_rows_follow_clip_windows(spec):
+    lengths = {"long": 37, "short": 3, "one": 1}
+    engine, _ = make_engine(lengths, spec, batch_size=3)
+    results = {r.job.key: r for r in engine.run(jobs(lengths))}
+    for key, n in lengths.items():
+        result = results[key]
+        assert result.ok, result.error
+        want = expected_rows(n, spec)
+        got = result.features if result.features is not None else np.zeros((0, spec.num_frames))
+        assert np.array_equal(got, want), key
+        assert result.timestamps.shape == (len(want), 3)
+        assert result.frames == n
+
+
+def test_cross_video_batching_equals_one_at_a_time():
+    spec = WindowSpec(4, 1, 2, "sliding", "zero")
+    lengths = {f"v{i}": n for i, n in enumerate([1, 2, 5, 9, 17, 3, 30, 4, 11, 6])}
+    together, model = make_engine(lengths, spec, batch_size=4, decode_workers=3, queue_size=4)
+    mixed = {r.job.key: r for r in together.run(jobs(lengths))}
+    assert max(model.batch_sizes) == 4
+    for key in lengths:
+        alone, _ = make_engine({key: lengths[key]}, spec, batch_size=1)
+        (single,) = list(alone.run(jobs([key])))
+        assert np.array_equal(mixed[key].features, single.features)
+        assert np.array_equal(mixed[key].timestamps, single.timestamps)
+
+
+def test_a_failing_video_keeps_nothing_and_the_run_goes_on():
+    spec = WindowSpec(4, 1, 2, "sliding", "zero")
+    lengths = {"good": 20, "bad": 50, "after": 9}
+    engine, _ = make_engine(lengths, spec, fail={"bad": 25}, batch_size=2)
+    results = {r.job.key: r for r in engine.run(jobs(lengths))}
+    assert results["bad"].error == "DecodeError: x: decode error at frame 25"
+    assert results["bad"].features is None
+    assert results["good"].ok and results["after"].ok
+    assert np.array_equal(results["after"].features, expected_rows(9, spec))
+
+
+def test_zero_frames_is_a_failure():
+    engine, _ = make_engine({"empty": 0}, WindowSpec(4, 1, 2, "sliding", "zero"))
+    (result,) = list(engine.run(jobs(["empty"])))
+    assert "zero decodable frames" in result.error
+
+
+def test_long_video_streams_with_bounded_queue():
+    spec = WindowSpec(8, 1, 1, "sliding", "zero")
+    engine, model = make_engine({"long": 3000}, spec, batch_size=4, queue_size=4)
+    (result,) = list(engine.run(jobs(["long"])))
+    assert np.array_equal(result.features, expected_rows(3000, spec))
+    assert sum(model.batch_sizes) == 3000
