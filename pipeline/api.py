@@ -36,7 +36,7 @@ from pipeline.config import (
 )
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
 from pipeline.io import FrameSource, open_source
-from pipeline.runner import Engine, VideoJob, VideoResult, describe_error
+from pipeline.runner import Engine, VideoJob, VideoResult
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list

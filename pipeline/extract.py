@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from pipeline import api
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
+from pipeline.runner import describe_error
 from pipeline.weights import WeightsError
 
 log = logging.getLogger("pipeline.extract")
@@ -73,7 +74,7 @@ def main(cfg: DictConfig) -> int:
     try:
         status = extract(api.as_object(cfg), Path(hydra_cfg.runtime.output_dir))
     except EXPECTED_ERRORS as error:
-        log.error("%s", api.describe_error(error))
+        log.error("%s", describe_error(error))
         status = 2
     if not multirun and status:
         sys.exit(status)

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import synth
 
+
 @pytest.fixture(scope="session")
 def video_root(tmp_path_factory) -> Path:
     """A small collection: several codecs, containers, sizes and rates, a frame folder, and bad files."""
