@@ -519,8 +519,8 @@ def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
 
 
 def finish_run(cfg: ExtractConfig, output_dir: Path, summaries: list[ShardSummary], hydra_dir: Path | None,
-               h5: Path | None) -> int:
-    """Record runs/<timestamp>.json, print the summary; exit status 1 if any video failed."""
+               h5: Path | None) -> dict[str, Any]:
+    """Record runs/<timestamp>.json and print the summary; returns the run's totals and paths."""
     totals = {k: sum(getattr(s, k) for s in summaries) for k in ("ok", "failed", "skipped", "rows")}
     record = {
         "config": resolved_config(cfg),
@@ -541,4 +541,4 @@ def finish_run(cfg: ExtractConfig, output_dir: Path, summaries: list[ShardSummar
           f"{totals['rows']} rows")
     if totals["failed"]:
         print(f"failed videos are listed in {output_dir / 'manifests'} (status \"failed\")")
-    return 1 if totals["failed"] else 0
+    return {"output_dir": str(output_dir), "hdf5": str(h5) if h5 else None, "totals": totals}

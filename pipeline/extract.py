@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import api
+from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
 from pipeline.runner import describe_error
@@ -44,13 +45,13 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="random"))
 
 
-def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> int:
-    """Run the configured extraction; returns the exit status (0 ok, 1 some video failed)."""
+def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
+    """Run the configured extraction; returns the exit status (0 ok, 1 a video failed) and the run's totals."""
     api.prepare_demo(cfg)
     validate(cfg)
     cfg = demo_weights(cfg)
     if cfg.dry_run:
-        return api.print_plan(cfg)
+        return api.print_plan(cfg), {}
     output_dir = api.output_dir_of(cfg)
     if cfg.hardware.launcher is Launcher.inprocess:
         shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(cfg.hardware.num_shards)
@@ -60,10 +61,11 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> int:
 
         summaries = launch_run(cfg, output_dir)
         if summaries is None:  # submitted without waiting (hardware.wait=false)
-            return 0
+            return 0, {"output_dir": str(output_dir), "submitted": True}
     complete = cfg.hardware.shard_index is None
     h5 = api.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
-    return api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
+    report = api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
+    return (1 if report["totals"]["failed"] else 0), report
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -71,12 +73,18 @@ def main(cfg: DictConfig) -> int:
     """Hydra entry point; a sweep job returns its status instead of exiting (so the sweep goes on)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode is RunMode.MULTIRUN
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    error, report = None, {}
     try:
-        status = extract(api.as_object(cfg), Path(hydra_cfg.runtime.output_dir))
-    except EXPECTED_ERRORS as error:
-        log.error("%s", describe_error(error))
+        status, report = extract(api.as_object(cfg), job_dir)
+    except EXPECTED_ERRORS as caught:
+        error = describe_error(caught)
+        log.error("%s", error)
+        log.debug("details", exc_info=True)
         status = 2
-    if not multirun and status:
+    if multirun:
+        write_job_summary(job_dir, {"status": status, "error": error, **report})
+    elif status:
         sys.exit(status)
     return status
 
