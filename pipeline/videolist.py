@@ -12,7 +12,6 @@ import math
 import os
 import posixpath
 import re
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,21 +143,9 @@ def frames_regex(pattern: str) -> re.Pattern[str]:
     """Regex for frame file names from a format string ("frame_{:010d}.jpg") or, without braces, a glob."""
     if "{" not in pattern:
         return re.compile(fnmatch.translate(pattern))
-    parts = []
-    try:
-        parsed = list(string.Formatter().parse(pattern))
-    except ValueError as exc:
-        raise ValueError(f"bad frames pattern {pattern!r}: {exc}") from exc
-    for literal, field, spec, conversion in parsed:
-        parts.append(re.escape(literal))
-        if field is None:
-            continue
-        if field not in ("", "0") or conversion or not re.fullmatch(r"(0?\d*)?d?", spec or ""):
-            raise ValueError(
-                f"bad frames pattern {pattern!r}: only {{}}, {{:d}} and {{:0Nd}} fields are supported"
-            )
-        parts.append(r"\d+")
-    return re.compile("".join(parts) + r"\Z")
+    from pipeline.io.frames import pattern_regex
+
+    return re.compile(pattern_regex(pattern).pattern + r"\Z")
 
 
 def scan_videos(

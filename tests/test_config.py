@@ -29,17 +29,20 @@ def test_epic_preset(tmp_path):
     validate(cfg)
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("data.num_frames=30", "data.num_frames"),  # not divisible by alpha=4
-    ("data.stride=0", "data.stride"),
-    ("data.fps=0", "data.fps"),
-    ("data.fps=-5", "data.fps"),
-    ("data.crops=2", "data.crops"),
-    ("data.crops=3", "data.crops"),  # needs short_side
-    ("hardware.batch_size=0", "hardware.batch_size"),
-    ("hardware.shard_index=3", "hardware.shard_index"),
-    ("model.checkpoint=/nonexistent/model.pyth", "model.checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.num_frames=30", "data.num_frames"),  # not divisible by alpha=4
+        ("data.stride=0", "data.stride"),
+        ("data.fps=0", "data.fps"),
+        ("data.fps=-5", "data.fps"),
+        ("data.crops=2", "data.crops"),
+        ("data.crops=3", "data.crops"),  # needs short_side
+        ("hardware.batch_size=0", "hardware.batch_size"),
+        ("hardware.shard_index=3", "hardware.shard_index"),
+        ("model.checkpoint=/nonexistent/model.pyth", "model.checkpoint"),
+    ],
+)
 def test_impossible_values_name_their_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         validate(_cfg(tmp_path, override))
@@ -73,15 +76,26 @@ def test_model_configs_match_the_registry(name, tmp_path):
     spec = get_spec(name)
     m = compose_config(name, [f"data.root={tmp_path}"]).model
     assert (m.name, m.arch, m.num_frames, m.sampling_rate, m.alpha) == (
-        spec.name, spec.arch, spec.num_frames, spec.sampling_rate, spec.alpha)
+        spec.name,
+        spec.arch,
+        spec.num_frames,
+        spec.sampling_rate,
+        spec.alpha,
+    )
     assert (m.crop_size, m.short_side, m.channel_order.value, m.feature_dim) == (
-        spec.crop_size, spec.short_side, spec.channel_order, spec.feature_dim)
+        spec.crop_size,
+        spec.short_side,
+        spec.channel_order,
+        spec.feature_dim,
+    )
     assert tuple(m.mean) == tuple(spec.mean) and tuple(m.std) == tuple(spec.std)
     assert m.zoo_url == spec.zoo_url
 
 
 def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
-    done = run_extract(tmp_path, "model=slowfast_tiny", "data=custom", f"data.root={tmp_path}", "data.stride=0")
+    done = run_extract(
+        tmp_path, "model=slowfast_tiny", "data=custom", f"data.root={tmp_path}", "data.stride=0"
+    )
     assert done.returncode == 2
     assert "data.stride: must be >= 1 (got 0)" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout

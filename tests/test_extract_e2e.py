@@ -12,8 +12,15 @@ from pipeline.api import FeatureExtractor
 from pipeline.outputs import file_sha256, read_manifest
 from tests.helpers import run_extract
 
-ARGS = ("model=slowfast_tiny", "model.checkpoint=random", "data=custom", "data.video_ext=.avi", "data.fps=30",
-        "data.stride=4", "hardware.batch_size=3")
+ARGS = (
+    "model=slowfast_tiny",
+    "model.checkpoint=random",
+    "data=custom",
+    "data.video_ext=.avi",
+    "data.fps=30",
+    "data.stride=4",
+    "hardware.batch_size=3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +109,29 @@ def test_bad_inputs_each_fail_alone(tmp_path):
     (root / "frames_bad" / "frame_0000000003.jpg").write_text("not an image")
     (tmp_path / "outside.mp4").write_bytes(b"x")
     (root / "video_list.csv").write_text(
-        "good.mp4\nmissing.mp4\nempty.mp4\nrandom.mp4\naudio.m4a\ntruncated.mp4\nframes_bad\n../outside.mp4\n/etc/passwd\n")
-    done = run_extract(tmp_path, "model=slowfast_tiny", "model.checkpoint=random", "data=custom",
-                       f"data.root={root}", f"output_dir={tmp_path / 'out'}")
+        "good.mp4\nmissing.mp4\nempty.mp4\nrandom.mp4\naudio.m4a\ntruncated.mp4\nframes_bad\n../outside.mp4\n/etc/passwd\n"
+    )
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_tiny",
+        "model.checkpoint=random",
+        "data=custom",
+        f"data.root={root}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert done.returncode == 1
     records, _ = read_manifest(tmp_path / "out" / "manifests" / "shard-0-of-1.jsonl")
     status = {r["path"]: (r["status"], r["error"]) for r in records}
     assert status["good.mp4"][0] == "ok"
-    for bad in ("missing.mp4", "empty.mp4", "random.mp4", "audio.m4a", "frames_bad", "../outside.mp4", "/etc/passwd"):
+    for bad in (
+        "missing.mp4",
+        "empty.mp4",
+        "random.mp4",
+        "audio.m4a",
+        "frames_bad",
+        "../outside.mp4",
+        "/etc/passwd",
+    ):
         assert status[bad][0] == "failed", bad
         assert status[bad][1] and "\n" not in status[bad][1], bad
     # truncated: either failed, or kept with what decoded -- the manifest says which
@@ -117,7 +139,10 @@ def test_bad_inputs_each_fail_alone(tmp_path):
     assert "Traceback" not in done.stderr
     assert not list((tmp_path / "out").rglob("*.tmp-*"))
     assert sorted(p.name for p in (tmp_path / "out" / "features").rglob("*.npy")) == [
-        p for p in ["good_8.npy", "truncated_8.npy"] if p != "truncated_8.npy" or status["truncated.mp4"][0] == "ok"]
+        p
+        for p in ["good_8.npy", "truncated_8.npy"]
+        if p != "truncated_8.npy" or status["truncated.mp4"][0] == "ok"
+    ]
 
 
 def test_rows_keep_frame_order(tmp_path):

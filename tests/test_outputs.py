@@ -76,8 +76,9 @@ def test_latest_record_wins_across_shards(tmp_path):
     m1 = tmp_path / "manifests" / "shard-0-of-1.jsonl"
     outputs.append_record(m0, {"key": "a", "path": "a", "status": "failed", "time": "2026-01-01T00:00:00"})
     outputs.append_record(m1, {"key": "a", "path": "a", "status": "ok", "time": "2026-01-02T00:00:00"})
-    outputs.append_record(m1, {"key": "a", "path": "a", "status": "skipped", "outcome": "ok",
-                               "time": "2026-01-02T00:00:00"})
+    outputs.append_record(
+        m1, {"key": "a", "path": "a", "status": "skipped", "outcome": "ok", "time": "2026-01-02T00:00:00"}
+    )
     latest, _ = outputs.latest_records(tmp_path)
     assert latest["a"]["status"] == "skipped"
 
@@ -85,8 +86,16 @@ def test_latest_record_wins_across_shards(tmp_path):
 def _ok_record(tmp_path, settings):
     npy = tmp_path / "features" / "a_8.npy"
     outputs.save_array(npy, np.ones((2, 4), np.float32))
-    return {"key": "a", "path": "a.mp4", "status": "ok", "outcome": "ok", "output": "features/a_8.npy",
-            "size": npy.stat().st_size, "sha256": outputs.file_sha256(npy), "settings": settings}
+    return {
+        "key": "a",
+        "path": "a.mp4",
+        "status": "ok",
+        "outcome": "ok",
+        "output": "features/a_8.npy",
+        "size": npy.stat().st_size,
+        "sha256": outputs.file_sha256(npy),
+        "settings": settings,
+    }
 
 
 def test_resume_decisions(tmp_path):
@@ -126,14 +135,22 @@ def test_npy_data_offset_and_truncation(tmp_path):
 
 def test_lock_refuses_second_holder_and_dies_with_holder(tmp_path):
     lock_path = tmp_path / "locks" / "shard-0-of-1.lock"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from pipeline.outputs import ShardLock
         lock = ShardLock(Path({str(lock_path)!r})).acquire()
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(outputs.LockError, match="another extraction"):

@@ -20,8 +20,14 @@ from pipeline.outputs import ShardLock, file_sha256, read_manifest
 from pipeline.synth import write_video
 from tests.helpers import run_extract
 
-BASE = ("model=slowfast_tiny", "model.checkpoint=random", "data=custom", "data.fps=30", "hardware.batch_size=2",
-        "output.hdf5=false")
+BASE = (
+    "model=slowfast_tiny",
+    "model.checkpoint=random",
+    "data=custom",
+    "data.fps=30",
+    "hardware.batch_size=2",
+    "output.hdf5=false",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,12 @@ def manifest_of(out: Path) -> list[dict]:
 def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_path):
     out = tmp_path / "out"
     args = [*BASE, f"data.root={many_videos}", f"output_dir={out}", "data.stride=1", "hardware.batch_size=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.extract", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.extract", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     manifest = out / "manifests" / "shard-0-of-1.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -61,7 +71,7 @@ def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_pat
     done = run_extract(tmp_path, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     records = manifest_of(out)
-    rerun = {r["key"]: r for r in records[len(records) - 6:]}
+    rerun = {r["key"]: r for r in records[len(records) - 6 :]}
     for key, record in finished.items():
         assert rerun[key]["status"] == "skipped"
         assert (out / record["output"]).stat().st_mtime_ns == kept[key]  # not rewritten: bit-identical
@@ -79,8 +89,17 @@ def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_pat
 
 
 def _cfg(root: Path, out: Path, *extra: str):
-    return compose_config("slowfast_tiny", ["model.checkpoint=random", f"data.root={root}", f"output_dir={out}",
-                                            "data.fps=30", "output.hdf5=false", *extra])
+    return compose_config(
+        "slowfast_tiny",
+        [
+            "model.checkpoint=random",
+            f"data.root={root}",
+            f"output_dir={out}",
+            "data.fps=30",
+            "output.hdf5=false",
+            *extra,
+        ],
+    )
 
 
 def test_changed_settings_overwrite_and_retry_rules(many_videos, tmp_path, caplog):

@@ -64,13 +64,16 @@ def expected_rows(n: int, spec: WindowSpec) -> np.ndarray:
     return ((np.clip(windows, 0, n - 1) + 1) % 256).astype(np.float32)
 
 
-@pytest.mark.parametrize("spec", [
-    WindowSpec(8, 1, 4, "sliding", "zero"),
-    WindowSpec(4, 2, 3, "sliding", "edge"),
-    WindowSpec(4, 2, 3, "sliding", "drop"),
-    WindowSpec(6, 1, 1, "centered", "zero"),
-    WindowSpec(6, 2, 5, "centered", "edge"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        WindowSpec(8, 1, 4, "sliding", "zero"),
+        WindowSpec(4, 2, 3, "sliding", "edge"),
+        WindowSpec(4, 2, 3, "sliding", "drop"),
+        WindowSpec(6, 1, 1, "centered", "zero"),
+        WindowSpec(6, 2, 5, "centered", "edge"),
+    ],
+)
 def test_rows_follow_clip_windows(spec):
     lengths = {"long": 37, "short": 3, "one": 1}
     engine, _ = make_engine(lengths, spec, batch_size=3)
