@@ -258,6 +258,24 @@ def _manifest_record(entry: VideoEntry, result: VideoResult | None, status: str,
     return record
 
 
+def top_classes(logits: np.ndarray, names: tuple[str, ...] | None, k: int = 5) -> list[list[Any]]:
+    """The video's top-k classes by mean softmax over rows (and crops): [[index, name, probability], ...]."""
+    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    flat = np.exp(flat - flat.max(axis=1, keepdims=True))
+    mean = (flat / flat.sum(axis=1, keepdims=True)).mean(axis=0)
+    best = np.argsort(-mean, kind="stable")[:k]
+    return [[int(i), names[i] if names and i < len(names) else None, round(float(mean[i]), 6)] for i in best]
+
+
+def class_names(model_name: str) -> tuple[str, ...] | None:
+    """Class names of a model's classifier, when the package ships them."""
+    from pipeline.models.labels import load_labels
+    from pipeline.models.registry import get_spec
+
+    labels = get_spec(model_name).labels
+    return load_labels(labels) if labels else None
+
+
 def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, Any], settings: dict[str, Any],
                  weights: WeightsInfo, entry: VideoEntry, result: VideoResult) -> dict[str, Any]:
     """Write one finished video's feature file, sidecar (and logits) atomically; return its manifest fields."""
@@ -268,11 +286,12 @@ def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, An
     shape = (0, dim) if result.features is None else result.features.shape
     features = result.features.astype(dtype) if result.features is not None else np.zeros(shape, dtype)
     outputs.save_array(npy, features)
-    logits_files = {}
+    logits_files, top5 = {}, {}
     for head, values in (result.logits or {}).items():
         rel = naming.feature_relpath(entry.key, T)[: -len(".npy")] + f".{head}.npy"
         outputs.save_array(output_dir / rel, values.astype(np.float32))
         logits_files[head] = rel
+        top5[head] = top_classes(values, class_names(cfg.model.name) if head == "logits" else None)
     info = result.info
     native_fps = info.native_fps if info else None
     fps = cfg.data.fps or native_fps
@@ -300,6 +319,7 @@ def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, An
         "model": cfg.model.name,
         "checkpoint": {"path": weights.path, "sha256": weights.sha256, "random": weights.random},
         "logits": logits_files or None,
+        "top5": top5 or None,
         "package_version": pipeline.__version__,
         "config": config_data,
         "created": outputs.now_iso(),

@@ -154,3 +154,18 @@ def test_rows_keep_frame_order(tmp_path):
     assert features.shape[0] == 20
     assert np.allclose(timestamps[:, 2][1:-1], np.arange(1, 19) / 20, atol=1e-6)
     assert np.all(np.diff(timestamps[:, 0]) >= 0)
+
+
+def test_logits_and_top5_when_asked(video_root, tmp_path):
+    out = tmp_path / "out"
+    done = run_extract(tmp_path, "model=slow_tiny", "model.checkpoint=random", "data=custom", "output.logits=true",
+                       f"data.root={video_root}", f"output_dir={out}", "output.hdf5=false")
+    assert done.returncode == 1  # broken.mp4
+    logits = np.load(out / "features" / "a.b_4.logits.npy")
+    side = json.loads((out / "features" / "a.b_4.json").read_text())
+    assert logits.shape == (side["rows"], 10)
+    top = side["top5"]["logits"]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs = (probs / probs.sum(1, keepdims=True)).mean(0)
+    assert [t[0] for t in top] == list(np.argsort(-probs)[:5])
+    assert top[0][2] == pytest.approx(probs.max(), abs=1e-6)
