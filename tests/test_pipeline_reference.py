@@ -1,0 +1,65 @@
+"""The whole pipeline (decode -> windows -> resize -> normalise -> SlowFast R50) against PySlowFast.
+
+The test prepares the clip itself from PyAV frames (its own window arithmetic, normalisation and
+slow-pathway selection) and runs PyPI slowfast==1.0's SlowFastModel on it; the pipeline reads the same
+random weights from a `.pyth` file. Features must agree within 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import torch
+
+from pipeline.synth import write_video
+from pipeline.transforms import resize_bilinear
+from tests.helpers import run_extract
+from tests.reference import randomize_, reference_model, relative_error, require_reference
+
+T, TAU, STRIDE, CROP, ALPHA = 8, 2, 8, 64, 4
+
+
+def reference_features(video, model_fn) -> np.ndarray:
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    frames = [resize_bilinear(f, CROP, CROP).astype(np.float32) / 255.0 for f in frames]
+    n = len(frames)
+    rows = []
+    for start in range(0, n, STRIDE):  # sliding windows: every clip that starts inside the video
+        clip = np.zeros((T, CROP, CROP, 3), np.float32)
+        for t in range(T):
+            j = start + t * TAU
+            if j < n:
+                clip[t] = (frames[j] - 0.45) / 0.225  # zero padding stays 0 after normalisation
+        fast = torch.from_numpy(clip).permute(3, 0, 1, 2)[None]
+        slow = fast[:, :, [int(i) for i in np.floor(np.linspace(0, T - 1, T // ALPHA)).astype(int)]]
+        features, _ = model_fn([slow, fast])
+        rows.append(features[0].numpy())
+    return np.stack(rows)
+
+
+def test_pipeline_features_equal_pyslowfast(tmp_path):
+    require_reference()
+    torch.manual_seed(0)
+    model, features_fn = reference_model("slowfast", T, CROP, alpha=ALPHA, fusion_kernel=7)
+    randomize_(model)
+    checkpoint = tmp_path / "weights.pyth"
+    torch.save({"model_state": model.state_dict()}, checkpoint)
+    root = tmp_path / "videos"
+    write_video(root / "clip.mp4", size=(96, 72), fps=30, seconds=1.0)
+    (root / "video_list.csv").write_text("clip.mp4\n")
+    out = tmp_path / "out"
+    done = run_extract(tmp_path, "model=slowfast_r50", f"model.checkpoint={checkpoint}", "data=custom",
+                       f"data.root={root}", f"data.num_frames={T}", f"data.sampling_rate={TAU}",
+                       f"data.stride={STRIDE}", f"data.resize.size=[{CROP},{CROP}]", f"output_dir={out}",
+                       "output.hdf5=false")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ours = np.load(out / "features" / f"clip_{T}.npy")
+    with torch.no_grad():
+        theirs = reference_features(root / "clip.mp4", features_fn)
+    assert ours.shape == theirs.shape == (4, 2304)
+    assert relative_error(torch.from_numpy(ours), torch.from_numpy(theirs)) < 1e-4
+    side = json.loads((out / "features" / f"clip_{T}.json").read_text())
+    assert side["checkpoint"]["random"] is False and len(side["checkpoint"]["sha256"]) == 64
