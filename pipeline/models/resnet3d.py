@@ -1,0 +1,373 @@
+"""3D ResNets (SlowFast, Slow, C2D, I3D with optional non-local blocks) with PySlowFast parameter names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.models.base import (
+    ClassifierHead,
+    ClipShapeError,
+    VideoModel,
+    init_weights,
+    slow_pathway_indices,
+)
+from pipeline.models.spec import ModelSpec
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+# Temporal kernel sizes: [stem, res2, res3, res4, res5], each a per-pathway list of per-block patterns
+# that repeat over the blocks of the stage (PySlowFast's _TEMPORAL_KERNEL_BASIS).
+TEMPORAL_KERNEL_BASIS: dict[str, tuple[tuple[tuple[int, ...], ...], ...]] = {
+    "slowfast": (((1,), (5,)), ((1,), (3,)), ((1,), (3,)), ((3,), (3,)), ((3,), (3,))),
+    "slow": (((1,),), ((1,),), ((1,),), ((3,),), ((3,),)),
+    "c2d": (((1,),), ((1,),), ((1,),), ((1,),), ((1,),)),
+    "i3d": (((5,),), ((3,),), ((3, 1),), ((3, 1),), ((1, 3),)),
+}
+
+# Temporal max-pool stride after res2 (PySlowFast's _POOL1); our "c2d" is their "c2d_nopool".
+DEFAULT_TEMPORAL_POOL = {"slowfast": 1, "slow": 1, "c2d": 1, "i3d": 2}
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Architecture details of a 3D ResNet (the spec's builder_kwargs)."""
+
+    depth: int = 50
+    blocks: tuple[int, int, int, int] | None = None  # overrides depth (tiny test models)
+    width_per_group: int = 64
+    num_groups: int = 1
+    beta_inv: int = 8  # slowfast: channel ratio slow / fast
+    fusion_conv_channel_ratio: int = 2
+    fusion_kernel: int = 5
+    # Per stage (res2..res5), per pathway: how many leading blocks keep the temporal kernel; rest use 1.
+    num_block_temp_kernel: tuple[tuple[int, ...], ...] | None = None
+    temporal_pool: int | None = None  # None: the arch default
+    # Per stage (res2..res5), per pathway: indices of blocks followed by a non-local block.
+    nonlocal_location: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    nonlocal_instantiation: str = "softmax"  # or "dot_product"
+    nonlocal_pool: tuple[int, int, int] = (1, 2, 2)
+
+    @classmethod
+    def from_kwargs(cls, arch: str, kwargs: dict) -> ResNetConfig:
+        """Build from builder_kwargs; an unknown key is a one-line ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"arch {arch!r}: unknown builder option(s) {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+    def stage_blocks(self) -> tuple[int, int, int, int]:
+        """Number of residual blocks in res2..res5."""
+        if self.blocks is not None:
+            return tuple(self.blocks)  # type: ignore[return-value]
+        if self.depth not in STAGE_BLOCKS:
+            raise ValueError(f"unsupported ResNet depth {self.depth}; choose from {sorted(STAGE_BLOCKS)}")
+        return STAGE_BLOCKS[self.depth]
+
+
+def block_temporal_kernels(pattern: Sequence[int], num_blocks: int, num_with_kernel: int) -> list[int]:
+    """Temporal kernel of each block: `pattern` repeated over the first `num_with_kernel` blocks, then 1."""
+    if not 0 <= num_with_kernel <= num_blocks:
+        raise ValueError(f"num_block_temp_kernel {num_with_kernel} outside [0, {num_blocks}]")
+    repeated = (list(pattern) * num_blocks)[:num_with_kernel]
+    return repeated + [1] * (num_blocks - num_with_kernel)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm3d:
+    """BatchNorm3d with PySlowFast's eps and momentum."""
+    return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class Bottleneck(nn.Module):
+    """Tx1x1 -> 1x3x3 (spatial stride) -> 1x1x1 bottleneck, each conv followed by BN (`a`, `b`, `c`)."""
+
+    def __init__(
+        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int, num_groups: int
+    ) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(
+            dim_in, dim_inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False
+        )
+        self.a_bn = batch_norm(dim_inner)
+        self.b = nn.Conv3d(
+            dim_inner,
+            dim_inner,
+            (1, 3, 3),
+            stride=(1, stride, stride),
+            padding=(0, 1, 1),
+            groups=num_groups,
+            bias=False,
+        )
+        self.b_bn = batch_norm(dim_inner)
+        self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
+        self.c_bn = batch_norm(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.a_bn(self.a(x)), inplace=True)
+        x = F.relu(self.b_bn(self.b(x)), inplace=True)
+        return self.c_bn(self.c(x))
+
+
+class ResBlock(nn.Module):
+    """Residual block: relu(shortcut(x) + branch2(x)); projection shortcut `branch1` when shapes change."""
+
+    def __init__(self, dim_in: int, dim_out: int, stride: int, branch2: nn.Module) -> None:
+        super().__init__()
+        self.has_projection = dim_in != dim_out or stride != 1
+        if self.has_projection:
+            self.branch1 = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
+            self.branch1_bn = batch_norm(dim_out)
+        self.branch2 = branch2
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = self.branch1_bn(self.branch1(x)) if self.has_projection else x
+        return F.relu(shortcut + self.branch2(x), inplace=True)
+
+
+class NonLocal(nn.Module):
+    """Non-local block (Wang et al. 2018): x + bn(conv_out(attention(theta, phi) @ g))."""
+
+    def __init__(self, dim: int, dim_inner: int, pool: Sequence[int], instantiation: str) -> None:
+        super().__init__()
+        if instantiation not in ("softmax", "dot_product"):
+            raise ValueError(f"unknown non-local instantiation {instantiation!r}; use softmax or dot_product")
+        self.dim_inner = dim_inner
+        self.instantiation = instantiation
+        self.pool_size = tuple(pool)
+        self.conv_theta = nn.Conv3d(dim, dim_inner, 1)
+        self.conv_phi = nn.Conv3d(dim, dim_inner, 1)
+        self.conv_g = nn.Conv3d(dim, dim_inner, 1)
+        self.conv_out = nn.Conv3d(dim_inner, dim, 1)
+        self.bn = batch_norm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, t, h, w = x.shape
+        theta = self.conv_theta(x).flatten(2)  # (N, Ci, THW)
+        pooled = F.max_pool3d(x, self.pool_size, self.pool_size) if max(self.pool_size) > 1 else x
+        phi = self.conv_phi(pooled).flatten(2)  # (N, Ci, P)
+        g = self.conv_g(pooled).flatten(2)  # (N, Ci, P)
+        affinity = torch.bmm(theta.transpose(1, 2), phi)  # (N, THW, P)
+        if self.instantiation == "softmax":
+            affinity = torch.softmax(affinity * self.dim_inner**-0.5, dim=2)
+        else:
+            affinity = affinity / affinity.shape[2]
+        y = torch.bmm(g, affinity.transpose(1, 2)).view(n, self.dim_inner, t, h, w)
+        return x + self.bn(self.conv_out(y))
+
+
+class StemUnit(nn.Module):
+    """Stem of one pathway: Tx7x7 conv (spatial stride 2), BN, ReLU, 1x3x3 max pool (stride 2)."""
+
+    def __init__(self, dim_in: int, dim_out: int, temporal_kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(
+            dim_in,
+            dim_out,
+            (temporal_kernel, 7, 7),
+            stride=(1, 2, 2),
+            padding=(temporal_kernel // 2, 3, 3),
+            bias=False,
+        )
+        self.bn = batch_norm(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn(self.conv(x)), inplace=True)
+        return F.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+
+
+class Stem(nn.Module):
+    """Per-pathway stems, named `pathway{p}_stem`."""
+
+    def __init__(self, dims_out: Sequence[int], temporal_kernels: Sequence[int]) -> None:
+        super().__init__()
+        self.num_pathways = len(dims_out)
+        for p, (dim, tk) in enumerate(zip(dims_out, temporal_kernels, strict=True)):
+            self.add_module(f"pathway{p}_stem", StemUnit(3, dim, tk))
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        return [getattr(self, f"pathway{p}_stem")(x) for p, x in enumerate(xs)]
+
+
+class ResStage(nn.Module):
+    """One stage (res2..res5) for every pathway: blocks `pathway{p}_res{i}`, `pathway{p}_nonlocal{i}`."""
+
+    def __init__(
+        self,
+        dims_in: Sequence[int],
+        dims_out: Sequence[int],
+        dims_inner: Sequence[int],
+        temporal_kernels: Sequence[Sequence[int]],
+        stride: int,
+        num_groups: int,
+        nonlocal_location: Sequence[Sequence[int]],
+        nonlocal_pool: Sequence[int],
+        nonlocal_instantiation: str,
+    ) -> None:
+        super().__init__()
+        self.order: list[list[str]] = []
+        for p, kernels in enumerate(temporal_kernels):
+            names = []
+            for i, tk in enumerate(kernels):
+                dim_in = dims_in[p] if i == 0 else dims_out[p]
+                block_stride = stride if i == 0 else 1
+                branch2 = Bottleneck(dim_in, dims_out[p], dims_inner[p], tk, block_stride, num_groups)
+                block = ResBlock(dim_in, dims_out[p], block_stride, branch2)
+                self.add_module(f"pathway{p}_res{i}", block)
+                names.append(f"pathway{p}_res{i}")
+                if i in nonlocal_location[p]:
+                    nln = NonLocal(dims_out[p], dims_out[p] // 2, nonlocal_pool, nonlocal_instantiation)
+                    self.add_module(f"pathway{p}_nonlocal{i}", nln)
+                    names.append(f"pathway{p}_nonlocal{i}")
+            self.order.append(names)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        out = []
+        for x, names in zip(xs, self.order, strict=True):
+            for name in names:
+                x = getattr(self, name)(x)
+            out.append(x)
+        return out
+
+
+class FastToSlowFusion(nn.Module):
+    """Lateral connection: time-strided conv on the fast pathway, concatenated onto the slow one."""
+
+    def __init__(self, dim_fast: int, channel_ratio: int, kernel: int, alpha: int) -> None:
+        super().__init__()
+        self.conv_f2s = nn.Conv3d(
+            dim_fast,
+            dim_fast * channel_ratio,
+            (kernel, 1, 1),
+            stride=(alpha, 1, 1),
+            padding=(kernel // 2, 0, 0),
+            bias=False,
+        )
+        self.bn = batch_norm(dim_fast * channel_ratio)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        slow, fast = xs
+        fused = F.relu(self.bn(self.conv_f2s(fast)), inplace=True)
+        return [torch.cat([slow, fused], dim=1), fast]
+
+
+class ResNet3D(VideoModel):
+    """SlowFast / Slow / C2D / I3D backbone + global average pooling + classifier head."""
+
+    def __init__(self, spec: ModelSpec, feature_layer: str | None = None) -> None:
+        super().__init__(spec, feature_layer)
+        if spec.arch not in TEMPORAL_KERNEL_BASIS:
+            raise ValueError(f"model {spec.name!r}: arch {spec.arch!r} is not a 3D ResNet")
+        cfg = ResNetConfig.from_kwargs(spec.arch, dict(spec.builder_kwargs))
+        self.config = cfg
+        self.two_pathway = spec.arch == "slowfast"
+        self.num_pathways = 2 if self.two_pathway else 1
+        basis = TEMPORAL_KERNEL_BASIS[spec.arch]
+        blocks = cfg.stage_blocks()
+        pool = cfg.temporal_pool if cfg.temporal_pool is not None else DEFAULT_TEMPORAL_POOL[spec.arch]
+        self.temporal_pool = pool
+
+        w = cfg.width_per_group
+        inner = cfg.num_groups * cfg.width_per_group
+
+        def per_pathway(slow_dim: int) -> list[int]:
+            if not self.two_pathway:
+                return [slow_dim]
+            return [slow_dim, max(1, slow_dim // cfg.beta_inv)]
+
+        stem_dims = per_pathway(w)
+        self.s1 = Stem(stem_dims, [basis[0][p][0] for p in range(self.num_pathways)])
+        dims_in = stem_dims
+        if self.two_pathway:
+            self.s1_fuse = self._fusion(stem_dims[1], spec, cfg)
+            dims_in = [stem_dims[0] + stem_dims[1] * cfg.fusion_conv_channel_ratio, stem_dims[1]]
+
+        temp_counts = cfg.num_block_temp_kernel or tuple((n,) * self.num_pathways for n in blocks)
+        locations = cfg.nonlocal_location or tuple(((),) * self.num_pathways for _ in blocks)
+        if len(temp_counts) != 4 or len(locations) != 4:
+            raise ValueError(f"model {spec.name!r}: num_block_temp_kernel / nonlocal_location need 4 stages")
+        for stage in range(4):
+            dims_out = per_pathway(w * 4 * 2**stage)
+            dims_inner = per_pathway(inner * 2**stage)
+            kernels = [
+                block_temporal_kernels(basis[stage + 1][p], blocks[stage], temp_counts[stage][p])
+                for p in range(self.num_pathways)
+            ]
+            res_stage = ResStage(
+                dims_in,
+                dims_out,
+                dims_inner,
+                kernels,
+                stride=1 if stage == 0 else 2,
+                num_groups=cfg.num_groups,
+                nonlocal_location=locations[stage],
+                nonlocal_pool=cfg.nonlocal_pool,
+                nonlocal_instantiation=cfg.nonlocal_instantiation,
+            )
+            self.add_module(f"s{stage + 2}", res_stage)
+            dims_in = dims_out
+            if self.two_pathway and stage < 3:
+                self.add_module(f"s{stage + 2}_fuse", self._fusion(dims_out[1], spec, cfg))
+                dims_in = [dims_out[0] + dims_out[1] * cfg.fusion_conv_channel_ratio, dims_out[1]]
+
+        self.feature_dim = sum(dims_in)
+        self._record_default_dim(self.feature_dim)
+        self.head = ClassifierHead(self.feature_dim, spec.num_classes)
+        init_weights(self)
+
+    @staticmethod
+    def _fusion(dim_fast: int, spec: ModelSpec, cfg: ResNetConfig) -> FastToSlowFusion:
+        assert spec.alpha is not None
+        return FastToSlowFusion(dim_fast, cfg.fusion_conv_channel_ratio, cfg.fusion_kernel, spec.alpha)
+
+    def pathways(self, clips: Tensor) -> list[Tensor]:
+        """SlowFast: [frames linspace(0, T-1, T//alpha) of clips, clips]; otherwise [clips]."""
+        self.check_clips(clips)
+        if not self.two_pathway:
+            return [clips]
+        assert self.spec.alpha is not None
+        index = slow_pathway_indices(clips.shape[2], self.spec.alpha, clips.device)
+        return [clips.index_select(2, index), clips]
+
+    def _check_inputs(self, inputs: Sequence[Tensor]) -> None:
+        """ClipShapeError unless there is one input per pathway with slow T * alpha == fast T."""
+        if len(inputs) != self.num_pathways:
+            raise ClipShapeError(
+                f"model {self.spec.name!r}: expected {self.num_pathways} pathway input(s), got {len(inputs)}"
+            )
+        alpha = self.spec.alpha or 1
+        if self.two_pathway and inputs[0].shape[2] * alpha != inputs[1].shape[2]:
+            raise ClipShapeError(
+                f"model {self.spec.name!r}: slow T={inputs[0].shape[2]} times alpha={alpha} "
+                f"must equal fast T={inputs[1].shape[2]}"
+            )
+
+    def backbone(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        """Per-pathway outputs of res5, (B, C_p, T_p, H/32, W/32)."""
+        self._check_inputs(inputs)
+        x = list(inputs)
+        x = self.s1(x)
+        if self.two_pathway:
+            x = self.s1_fuse(x)
+        for stage in range(2, 6):
+            x = getattr(self, f"s{stage}")(x)
+            if stage == 2 and self.temporal_pool > 1:
+                x = [F.max_pool3d(t, (self.temporal_pool, 1, 1), (self.temporal_pool, 1, 1)) for t in x]
+            if self.two_pathway and stage < 5:
+                x = getattr(self, f"s{stage}_fuse")(x)
+        return x
+
+    def forward_features(self, inputs: list[Tensor]) -> Tensor:
+        """Global average over (T, H, W) of each pathway's res5 output, slow then fast: (B, feature_dim)."""
+        return torch.cat([t.mean(dim=(2, 3, 4)) for t in self.backbone(inputs)], dim=1)
+
+    def logits(self, features: Tensor) -> Tensor | dict[str, Tensor]:
+        """The classifier (`head.projection*`) applied to pooled features."""
+        return self.head(features)

@@ -1,0 +1,47 @@
+"""ModelSpec: everything the pipeline needs to know about one pre-trained model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static description of a model: architecture, input sampling, preprocessing and zoo file."""
+
+    name: str  # e.g. "slowfast_r50"
+    arch: str  # "slowfast" | "slow" | "c2d" | "i3d" | "x3d"
+    num_frames: int  # T fed to the (fast) pathway
+    sampling_rate: int  # tau, in frames
+    crop_size: int  # test crop
+    short_side: int  # test short side
+    feature_dim: int  # dim of the default feature layer
+    alpha: int | None = None  # slowfast only: frame-rate ratio fast / slow
+    channel_order: str = "rgb"  # "bgr" for the EPIC checkpoint
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    num_classes: int | dict[str, int] = 400  # EPIC: {"verb": 97, "noun": 300}
+    zoo_url: str | None = None
+    zoo_sha256: str | None = None
+    zoo_filename: str | None = None
+    feature_layers: tuple[str, ...] = ("pool",)  # first one is the default
+    labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
+    builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"model spec {self.name!r}: channel_order must be 'rgb' or 'bgr'")
+        if not self.feature_layers:
+            raise ValueError(f"model spec {self.name!r}: feature_layers must not be empty")
+        if self.arch == "slowfast" and not self.alpha:
+            raise ValueError(f"model spec {self.name!r}: arch 'slowfast' needs alpha")
+        if self.alpha and self.num_frames % self.alpha:
+            raise ValueError(
+                f"model spec {self.name!r}: num_frames {self.num_frames} is not divisible by alpha {self.alpha}"
+            )
+
+    @property
+    def default_feature_layer(self) -> str:
+        """The feature layer used when none is requested."""
+        return self.feature_layers[0]
