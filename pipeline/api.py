@@ -35,8 +35,7 @@ from pipeline.config import (
     video_list_path,
 )
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
-from pipeline.io import FrameSource, open_source
-from pipeline.runner import Engine, VideoJob, VideoResult
+from pipeline.runner import Engine, SourceOpener, VideoJob, VideoResult
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
@@ -161,20 +160,17 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
     """Load the model and wire decoder, transform, windows and batching together."""
     device = device_or_fail(cfg.hardware.device.value)
     model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
-    channels_last = cfg.hardware.channels_last if cfg.hardware.channels_last is not None else True
+    hw, data = cfg.hardware, cfg.data
     clip_model = TorchClipModel(model, device=device, mean=cfg.model.mean, std=cfg.model.std,
-                                precision=cfg.hardware.precision.value, channels_last=channels_last,
-                                logits=cfg.output.logits)
+                                precision=hw.precision.value, channels_last=hw.channels_last,
+                                logits=cfg.output.logits, compile=hw.compile)
     transform = frame_transform(cfg)
-    data = cfg.data
-
-    def open_video(job: VideoJob) -> FrameSource:
-        return open_source(job.path, fps=data.fps, frames_pattern=data.frames.pattern, frames_fps=data.frames.fps,
-                           resize=transform.decoder_resize)
-
+    open_video = SourceOpener(fps=data.fps, frames_pattern=data.frames.pattern, frames_fps=data.frames.fps,
+                              resize=transform.decoder_resize)
     engine = Engine(clip_model, open_video, transform, window_spec(data), fps=data.fps,
-                    batch_size=cfg.hardware.batch_size, queue_size=cfg.hardware.queue_size,
-                    decode_workers=cfg.hardware.decode_workers, crop_reduce=data.crop_reduce.value)
+                    batch_size=hw.batch_size, queue_size=hw.queue_size, decode_workers=hw.decode_workers,
+                    crop_reduce=data.crop_reduce.value, decode_backend=hw.decode_backend.value,
+                    decode_timeout=data.decode_timeout_s)
     return engine, weights
 
 

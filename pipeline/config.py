@@ -62,6 +62,11 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class DecodeBackend(str, Enum):
+    process = "process"
+    thread = "thread"
+
+
 class Launcher(str, Enum):
     inprocess = "inprocess"
     local = "local"
@@ -156,6 +161,7 @@ class HardwareConfig:
     channels_last: bool | None = None
     compile: bool = False
     decode_workers: int = 1
+    decode_backend: DecodeBackend = DecodeBackend.process
     queue_size: int = 16
     num_shards: int = 1
     shard_index: int | None = None

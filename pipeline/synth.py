@@ -7,6 +7,7 @@ recovers the number from a decoded frame even after lossy compression at 64 x 48
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -232,23 +233,25 @@ def make_demo_videos(root: Path) -> list[str]:
     root = Path(root)
     entries = [name for name, _ in DEMO_VIDEOS] + [DEMO_FRAMES[0]]
     listing = root / DEMO_LIST
-    if listing.exists():
-        log.info("demo videos already in %s", root)
-        return entries
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".demo-") as tmp:
-        staging = Path(tmp)
-        for name, kwargs in DEMO_VIDEOS:
-            write_video(staging / name, **kwargs)
-        folder_name, folder_kwargs = DEMO_FRAMES
-        write_frame_folder(staging / folder_name, **folder_kwargs)
-        for name in entries:
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
-        (staging / DEMO_LIST).write_text("path\n" + "".join(f"{name}\n" for name in entries))
-        os.replace(staging / DEMO_LIST, listing)
+    with open(root / ".demo.lock", "w") as lock:  # concurrent sweep jobs: one builds, the others wait
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if listing.exists():
+            log.info("demo videos already in %s", root)
+            return entries
+        with tempfile.TemporaryDirectory(dir=root, prefix=".demo-") as tmp:
+            staging = Path(tmp)
+            for name, kwargs in DEMO_VIDEOS:
+                write_video(staging / name, **kwargs)
+            folder_name, folder_kwargs = DEMO_FRAMES
+            write_frame_folder(staging / folder_name, **folder_kwargs)
+            for name in entries:
+                target = root / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(staging / name, target)
+            (staging / DEMO_LIST).write_text("path\n" + "".join(f"{name}\n" for name in entries))
+            os.replace(staging / DEMO_LIST, listing)
     log.info("wrote %d demo videos to %s", len(entries), root)
     return entries
 

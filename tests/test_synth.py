@@ -127,7 +127,7 @@ def test_make_demo_videos(tmp_path):
     with open(root / "video_list.csv", newline="") as f:
         rows = [row[0] for row in csv.reader(f)]
     assert rows == ["path", *entries]
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    assert not [p for p in root.iterdir() if p.name.startswith(".demo-")]  # no staging leftovers
     sizes, codecs = set(), set()
     for entry in entries:
         path = root / entry
