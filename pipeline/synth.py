@@ -233,8 +233,11 @@ def make_demo_videos(root: Path) -> list[str]:
     root = Path(root)
     entries = [name for name, _ in DEMO_VIDEOS] + [DEMO_FRAMES[0]]
     listing = root / DEMO_LIST
+    if listing.exists():
+        log.info("demo videos already in %s", root)
+        return entries
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".demo.lock", "w") as lock:  # concurrent sweep jobs: one builds, the others wait
+    with open(root / ".demo.lock", "a") as lock:  # concurrent sweep jobs: one builds, the others wait
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if listing.exists():
             log.info("demo videos already in %s", root)
