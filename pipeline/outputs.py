@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -45,7 +46,13 @@ def now_iso() -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed."""
+    """sha256 of a file, streamed; remembered while the file's size and mtime stay the same."""
+    stat = os.stat(path)
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
