@@ -46,13 +46,13 @@ def now_iso() -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed; remembered while the file's size and mtime stay the same."""
+    """sha256 of a file, streamed; remembered while the file's inode, size and mtime stay the same."""
     stat = os.stat(path)
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+    return _sha256_of(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
