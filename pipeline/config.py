@@ -274,10 +274,11 @@ def video_list_path(data: DataConfig) -> Path:
 
 
 def default_threads() -> int:
-    """CPUs this process may use (Slurm's cpus_per_task when set, else the affinity mask)."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit():
-        return int(slurm)
+    """CPUs this process may use: an explicit OMP_NUM_THREADS, Slurm's cpus_per_task, else the affinity mask."""
+    for variable in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline import synth
+
+# One compute thread per test process: OpenMP threads spin badly when the two cores are shared with the
+# pytest process or a Slurm job, and tests check numbers, not speed (benchmarks measure speed).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def many_videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("many")
     names = []
     for i in range(6):
-        write_video(root / f"v{i}.mp4", seconds=2.0 + 0.2 * i, size=(64, 48), first_number=i * 10)
+        write_video(root / f"v{i}.mp4", seconds=1.0 + 0.1 * i, size=(64, 48), first_number=i * 10)
         names.append(f"v{i}.mp4")
     (root / "video_list.csv").write_text("\n".join(names) + "\n")
     return root
@@ -61,7 +61,7 @@ def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_pat
     while time.time() < deadline:
         if manifest.exists() and sum('"ok"' in line for line in manifest.read_text().splitlines()) >= 2:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {r["key"]: r for r in manifest_of(out) if r["status"] == "ok"}
