@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.config import default_threads
 from pipeline.io import (
     DEFAULT_FRAMES_FPS,
     DEFAULT_FRAMES_PATTERN,
@@ -127,6 +126,15 @@ class DecodeWorkerError(RuntimeError):
 
 class DecodeTimeout(RuntimeError):
     """A video made no decoding progress for longer than the decode timeout."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (Slurm's cpus_per_task when set, else the affinity mask); unlike the
+    model's thread count, OMP_NUM_THREADS does not limit how many decode workers make sense."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return len(os.sched_getaffinity(0))
 
 
 def describe_error(error: BaseException) -> str:
@@ -375,6 +383,10 @@ def _worker_process(
     for connection in inherited:
         connection.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Slurm signals every process of the step; preemption (USR2) and time limits are the parent's job
+    # (submitit requeues once), so a forked worker must not run the parent's inherited handlers.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import torch
 
     torch.set_num_threads(1)
@@ -818,7 +830,7 @@ class Engine:
         self.fps = fps
         self.batch_size = batch_size
         self.queue_size = max(queue_size, batch_size)
-        cpus = default_threads()
+        cpus = usable_cpus()
         if decode_workers > cpus:
             log.warning(
                 "hardware.decode_workers=%d is more than the %d CPUs this process may use: using %d",
@@ -991,4 +1003,5 @@ __all__ = [
     "count_clips",
     "describe_error",
     "stack_clip",
+    "usable_cpus",
 ]

@@ -1,0 +1,857 @@
+"""Throughput benchmark: model-only, decode-only and end-to-end clips/s, peak memory, GFLOPs, transfer.
+
+    python -m pipeline.benchmark                         # SlowFast R50, EPIC setting, generated 1080p30 video
+    python -m pipeline.benchmark --video my.mp4 --json   # a user's file, machine-readable
+    python -m pipeline.benchmark --all-models            # clips/s and GFLOPs of every registered model
+    python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
+    python -m pipeline.benchmark --minutes 60 --stride 480 --resolution 320x240   # RSS vs video length
+
+Everything runs in one process (the RSS-vs-length mode starts one fresh process per video length) with
+random weights (speed does not depend on their values). Rates are medians of repeated measurements:
+shared machines are noisy. GFLOPs are fvcore's, which counts one multiply-add as one flop (= GMACs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.io import Frame, SourceInfo
+from pipeline.runner import Engine, SourceOpener, VideoJob
+from pipeline.sampling import WindowSpec
+from pipeline.transforms import FrameTransform
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Settings:
+    """What is measured: the model, the clip setting and the hardware knobs (defaults: EPIC on CPU)."""
+
+    model: str = "slowfast_r50"
+    num_frames: int | None = 32  # None: the model's own
+    sampling_rate: int | None = 1
+    stride: int = 16
+    fps: float | None = 30.0
+    size: int | None = None  # model input size; None: the model's crop size
+    batch_size: int = 4
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool | None = None
+    compile: bool = False
+    decode_workers: int = 1
+    decode_backend: str = "process"
+    resize_backend: str = "torch"
+    repeats: int = 5
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def median_rate(count: float, seconds: list[float]) -> float:
+    """count per second at the median time."""
+    return count / statistics.median(seconds)
+
+
+def time_call(function: Any, *args: Any) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+def random_clips(batch: int, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (
+        rng.integers(0, 256, (batch, num_frames, size, size, 3), dtype=np.uint8),
+        np.ones((batch, num_frames), dtype=bool),
+    )
+
+
+def measure_model(
+    models: dict[str, Any],
+    batch: int,
+    num_frames: int,
+    size: int,
+    repeats: int,
+    cpu: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Clips/s of each model on ready uint8 clips; the models take turns so that load drift hits all alike.
+
+    `cpu`, when given, receives each model's median CPU seconds per clip (all its threads).
+    """
+    clips, valid = random_clips(batch, num_frames, size)
+    for model in models.values():
+        model(clips, valid)  # warm-up (and compilation)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    cpu_times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            with CpuMeter() as meter:
+                times[name].append(time_call(model, clips, valid))
+            cpu_times[name].append(meter.ours / batch)
+    if cpu is not None:
+        cpu.update({name: statistics.median(spent) for name, spent in cpu_times.items()})
+    return {name: median_rate(batch, spent) for name, spent in times.items()}
+
+
+def measure_decode(
+    video: Path, opener: SourceOpener, transform: FrameTransform, max_frames: int, repeats: int
+) -> float:
+    """Decoded source frames/s (decode, resampling and the transform to model input) like one worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a decode worker
+    job = VideoJob("bench", video, video.name)
+    times, frames = [], 0
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with opener(job) as source:
+                for frame in source:
+                    transform(frame.image)
+                    if source.frames_decoded >= max_frames:
+                        break
+                frames = source.frames_decoded
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return median_rate(frames, times)
+
+
+def measure_ffmpeg_cli(video: Path, size: int, max_frames: int, repeats: int) -> float | None:
+    """frames/s of the ffmpeg CLI decoding and scaling to size x size rgb24 (None without ffmpeg)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    command = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "0",
+        "-i",
+        str(video),
+        "-an",
+        "-frames:v",
+        str(max_frames),
+        "-vf",
+        f"scale={size}:{size}:flags=bilinear",
+        "-pix_fmt",
+        "rgb24",
+        "-f",
+        "rawvideo",
+        "-y",
+        os.devnull,
+    ]
+    times = [time_call(subprocess.run, command) for _ in range(repeats)]
+    return median_rate(min(frame_count(video), max_frames), times)
+
+
+def frame_count(video: Path) -> int:
+    """Frames of a video: the header's count, else counted by decoding."""
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
+class CpuMeter:
+    """CPU seconds over a span: this process plus its finished children, and the whole machine.
+
+    `foreign_share` is the fraction of the machine's CPU time others used meanwhile: a measurement taken
+    while other jobs ran is flagged instead of silently trusted.
+    """
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+        return ours, (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+    @property
+    def ours(self) -> float:
+        return self.end[0] - self.start[0]
+
+    @property
+    def foreign_share(self) -> float:
+        busy, total = self.end[1] - self.start[1], self.end[2] - self.start[2]
+        return max(0.0, (busy - self.ours) / total) if total > 0 else 0.0
+
+
+class MemorySampler:
+    """Samples this process's RSS and the PSS of it plus its decode workers while a run goes on."""
+
+    def __init__(self, engine: Engine, every_s: float = 1.0) -> None:
+        self.engine, self.every_s = engine, every_s
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.every_s):
+                return
+
+    def _sample(self) -> None:
+        pool = self.engine.last_pool
+        workers = list(pool.workers.values()) if pool else []
+        pids = [w.handle.pid for w in workers if hasattr(w.handle, "pid")]
+        self.peak_rss = max(self.peak_rss, proc_kb(os.getpid(), "VmRSS") * 1024)
+        self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in [os.getpid(), *pids]))
+
+
+def proc_kb(pid: int, field: str) -> int:
+    """A kB field of /proc/<pid>/status (0 when unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of a process (shared pages split among their users); 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure_e2e(extractor: Any, videos: list[Path]) -> dict[str, Any]:
+    """Clips/s through the real pipeline (decode workers, batching, model) over the videos."""
+    with MemorySampler(extractor.engine) as memory, CpuMeter() as meter:
+        started = time.perf_counter()
+        results = list(extractor.extract_many(videos))
+        seconds = time.perf_counter() - started
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark videos failed, e.g. {failed[0]}")
+    rows = sum(len(r.features) for r in results)
+    return {
+        "clips": rows,
+        "seconds": round(seconds, 2),
+        "clips_per_s": rows / seconds,
+        "cpu_s_per_clip": meter.ours / rows,  # this process and its decode workers
+        "foreign_cpu_share": meter.foreign_share,
+        "peak_rss_mb": memory.peak_rss / MB,
+        "peak_pss_with_workers_mb": memory.peak_pss / MB,
+    }
+
+
+def measure_e2e_interleaved(
+    extractor: Any, videos: list[Path], batch: int, num_frames: int, size: int, repeats: int
+) -> dict[str, Any]:
+    """End-to-end runs, each between two short model-only measurements: the e2e/model-only ratio of every
+    run compares rates taken minutes apart at most, so load drifting on a shared machine cancels out.
+
+    Also `cpu_ratio`: model-only CPU seconds per clip / end-to-end CPU seconds per clip (decode workers
+    included), which is what e2e/model-only comes to on a dedicated CPU-bound machine, whatever else ran.
+    Runs where other processes took more than 5% of the machine are flagged (`foreign_cpu_share`);
+    `vs_model_clean` is the median over the others.
+    """
+    model = {"m": extractor.engine.model}
+    cpu: dict[str, float] = {}
+    before = measure_model(model, batch, num_frames, size, 2, cpu)["m"]
+    model_cpu = [cpu["m"]]
+    runs = []
+    for _ in range(repeats):
+        run = measure_e2e(extractor, videos)
+        after = measure_model(model, batch, num_frames, size, 2, cpu)["m"]
+        model_cpu.append(cpu["m"])
+        run["vs_model"] = run["clips_per_s"] / ((before + after) / 2)
+        runs.append(run)
+        before = after
+    summary = dict(runs[0])
+    for key in ("clips_per_s", "vs_model", "seconds", "cpu_s_per_clip", "foreign_cpu_share"):
+        summary[key] = statistics.median(r[key] for r in runs)
+    for key in ("peak_rss_mb", "peak_pss_with_workers_mb"):
+        summary[key] = max(r[key] for r in runs)
+    clean = [r["vs_model"] for r in runs if r["foreign_cpu_share"] < 0.05]
+    summary["vs_model_clean"] = statistics.median(clean) if clean else None
+    summary["model_cpu_s_per_clip"] = statistics.median(model_cpu)
+    summary["cpu_ratio"] = summary["model_cpu_s_per_clip"] / summary["cpu_s_per_clip"]
+    summary["runs"] = runs
+    return summary
+
+
+def gflops_per_clip(model: torch.nn.Module, num_frames: int, size: int) -> float | None:
+    """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return None
+
+    class Features(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *pathways: torch.Tensor) -> torch.Tensor:
+            return self.inner.forward_features(list(pathways))
+
+    with torch.inference_mode():
+        pathways = model.pathways(torch.zeros(1, 3, num_frames, size, size))
+        analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        return analysis.total() / 1e9
+
+
+# --- the transfer between decode workers and the model ----------------------------------------------
+
+
+class SyntheticSource:
+    """Ready frames at the model's input size, no decoding: isolates the engine's own plumbing."""
+
+    def __init__(self, frames: int, size: int) -> None:
+        self.frames = frames
+        self.pool = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        self.info = SourceInfo(Path("synthetic"), "video", size, size, 30.0, frames / 30, frames, "none")
+
+    def __enter__(self) -> SyntheticSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self):
+        for i in range(self.frames):
+            yield Frame(self.pool[i % len(self.pool)], i / 30, i)
+
+
+@dataclass(frozen=True)
+class SyntheticOpener:
+    frames: int
+    size: int
+
+    def __call__(self, job: VideoJob) -> SyntheticSource:
+        return SyntheticSource(self.frames, self.size)
+
+
+def null_model(clips: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, None]:
+    return np.zeros((len(clips), 1), np.float32), None
+
+
+def measure_transfer(
+    s: Settings, num_frames: int, size: int, backend: str, clips: int = 120
+) -> dict[str, float]:
+    """Clips/s and MB/s the engine moves from decode workers to the model with no decoding and no model."""
+    frames = clips * s.stride
+    engine = Engine(
+        null_model,
+        SyntheticOpener(frames, size),
+        FrameTransform(mode="square", size=(size, size)),
+        WindowSpec(num_frames, s.sampling_rate or 1, s.stride),
+        fps=30.0,
+        batch_size=s.batch_size,
+        decode_backend=backend,
+        decode_workers=s.decode_workers,
+    )
+    started = time.perf_counter()
+    rows = sum(len(r.features) for r in engine.run([VideoJob("t", Path("t"), "t")]))
+    seconds = time.perf_counter() - started
+    clip_mb = num_frames * size * size * 3 / MB
+    return {"clips_per_s": rows / seconds, "mb_per_s": rows * clip_mb / seconds}
+
+
+# --- videos ------------------------------------------------------------------------------------------
+
+
+def generated_video(workdir: Path, resolution: tuple[int, int], fps: float, seconds: float) -> Path:
+    """A numbered h264 test video (pipeline.synth), cached in workdir; longer ones loop a 1-minute one."""
+    width, height = resolution
+    path = workdir / f"synth_{width}x{height}_{fps:g}fps_{seconds:g}s.mp4"
+    if path.exists():
+        return path
+    from pipeline import synth
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part.mp4")
+    if seconds <= 60:
+        log.info("writing %s", path.name)
+        synth.write_video(partial, size=(width, height), fps=fps, seconds=seconds)
+    else:
+        base = generated_video(workdir, resolution, fps, 60.0)
+        loop_video(base, partial, int(round(seconds / 60)))
+    partial.rename(path)
+    return path
+
+
+def loop_video(source: Path, target: Path, copies: int) -> None:
+    """target = source repeated `copies` times, by remuxing packets (no re-encoding)."""
+    import av
+
+    log.info("writing %s (%d copies of %s)", target.name, copies, source.name)
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream_in = src.streams.video[0]
+        stream_out = dst.add_stream_from_template(stream_in)
+        span = None
+        for copy in range(copies):
+            src.seek(0)
+            last = 0
+            for packet in src.demux(stream_in):
+                if packet.pts is None:
+                    continue
+                if span is None and copy == 0:
+                    last = max(last, packet.pts + (packet.duration or 0))
+                offset = copy * (span or 0)
+                packet.pts += offset
+                packet.dts = packet.dts + offset if packet.dts is not None else None
+                packet.stream = stream_out
+                dst.mux(packet)
+            if span is None:
+                span = last
+
+
+# --- reports -----------------------------------------------------------------------------------------
+
+
+def make_extractor(s: Settings, **extra: Any) -> Any:
+    from pipeline.api import FeatureExtractor
+
+    settings: dict[str, Any] = {
+        "stride": s.stride,
+        "fps": s.fps,
+        "batch_size": s.batch_size,
+        "device": s.device,
+        "precision": s.precision,
+        "channels_last": s.channels_last,
+        "compile": s.compile,
+        "decode_workers": s.decode_workers,
+        "decode_backend": s.decode_backend,
+        "data.resize.backend": s.resize_backend,
+        **extra,
+    }
+    if s.num_frames:
+        settings["num_frames"] = s.num_frames
+    if s.sampling_rate:
+        settings["sampling_rate"] = s.sampling_rate
+    if s.size:
+        settings["data.resize.size"] = [s.size, s.size]
+    return FeatureExtractor(s.model, checkpoint="random", **settings)
+
+
+def plain_model(extractor: Any) -> Any:
+    """The same architecture as plain fp32 NCDHW (no fast path), on the same device."""
+    from pipeline.inference import TorchClipModel
+    from pipeline.models.registry import build_model
+
+    c = extractor.config
+    model = build_model(c.model.name, feature_layer=c.model.feature_layer)
+    return TorchClipModel(
+        model,
+        device=extractor.engine.model.device,
+        mean=c.model.mean,
+        std=c.model.std,
+        precision="fp32",
+        channels_last=False,
+        fold_bn=False,
+    )
+
+
+def bench_main(
+    s: Settings,
+    videos: list[Path],
+    *,
+    decode_frames: int,
+    e2e_repeats: int = 3,
+    plain: bool = True,
+    transfer: bool = True,
+) -> dict[str, Any]:
+    """Model-only, decode-only, end-to-end, memory, GFLOPs and transfer for one setting."""
+    fx = make_extractor(s)
+    c = fx.config
+    T, size = c.data.num_frames, c.data.resize.size[0]
+    report: dict[str, Any] = {
+        "settings": asdict(s),
+        "num_frames": T,
+        "input_size": size,
+        "fast_paths": fx.engine.model.describe(),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "videos": [str(v) for v in videos],
+    }
+    report["gflops_per_clip"] = gflops_per_clip(fx.engine.model.model, T, size)
+    models = {"configured": fx.engine.model}
+    if plain:
+        models["plain_fp32_ncdhw"] = plain_model(fx)
+    rates = measure_model(models, s.batch_size, T, size, s.repeats)
+    report["model_clips_per_s"] = rates["configured"]
+    if plain:
+        report["plain_fp32_ncdhw_clips_per_s"] = rates["plain_fp32_ncdhw"]
+        report["fast_path_speedup"] = rates["configured"] / rates["plain_fp32_ncdhw"]
+        del models["plain_fp32_ncdhw"]
+    decode: dict[str, Any] = {}
+    first = videos[0]
+    for backend in ("torch", "ffmpeg"):
+        transform = FrameTransform(mode="square", size=(size, size), backend=backend)
+        opener = SourceOpener(fps=c.data.fps, resize=transform.decoder_resize)
+        decode[f"{backend}_resize_frames_per_s"] = measure_decode(
+            first, opener, transform, decode_frames, max(2, s.repeats // 2)
+        )
+    cli = measure_ffmpeg_cli(first, size, decode_frames, max(2, s.repeats // 2))
+    decode["ffmpeg_cli_frames_per_s"] = cli
+    if cli:
+        for backend in ("torch", "ffmpeg"):
+            decode[f"{backend}_resize_vs_cli"] = decode[f"{backend}_resize_frames_per_s"] / cli
+    report["decode"] = decode
+    report["e2e"] = measure_e2e_interleaved(fx, videos, s.batch_size, T, size, e2e_repeats)
+    report["e2e_vs_model"] = report["e2e"]["vs_model"]
+    report["peak_rss_mb_process_lifetime"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["bottleneck"] = bottleneck(report, c, first)
+    if transfer:
+        report["transfer"] = {b: measure_transfer(s, T, size, b) for b in ("process", "thread")}
+    return report
+
+
+def bottleneck(report: dict[str, Any], c: Any, video: Path) -> dict[str, Any]:
+    """Which side limits the run: decode capacity in clips/s vs the model's clips/s (measured rates)."""
+    from pipeline.io import probe
+
+    native = probe(video).native_fps or 30.0
+    per_clip = c.data.stride * native / (c.data.fps or native)  # source frames decoded per new clip
+    backend = c.data.resize.backend.value
+    decode_fps = report["decode"][f"{backend}_resize_frames_per_s"]
+    capacity = decode_fps * c.hardware.decode_workers / per_clip
+    model = report["model_clips_per_s"]
+    side = "decode" if capacity < model else "model"
+    return {
+        "decode_capacity_clips_per_s": capacity,
+        "model_clips_per_s": model,
+        "limit": side,
+        "note": f"{c.hardware.decode_workers} decode worker(s) at {decode_fps:.0f} frames/s feed "
+        f"{capacity:.2f} clips/s; the model takes {model:.2f}: the {side} is the bottleneck",
+    }
+
+
+def bench_all_models(s: Settings) -> list[dict[str, Any]]:
+    """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting."""
+    from pipeline.models.registry import get_spec, list_models
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        one = Settings(
+            **{
+                **asdict(s),
+                "model": name,
+                "num_frames": None,
+                "sampling_rate": None,
+                "size": None,
+                "stride": 16,
+                "repeats": s.repeats,
+            }
+        )
+        fx = make_extractor(one)
+        T, size = fx.config.data.num_frames, fx.config.data.resize.size[0]
+        rate = measure_model({"m": fx.engine.model}, s.batch_size, T, size, s.repeats)["m"]
+        rows.append(
+            {
+                "model": name,
+                "arch": spec.arch,
+                "num_frames": T,
+                "sampling_rate": fx.config.data.sampling_rate,
+                "input_size": size,
+                "gflops_per_clip": gflops_per_clip(fx.engine.model.model, T, size),
+                "clips_per_s": rate,
+                "batch_size": s.batch_size,
+                "device": s.device,
+            }
+        )
+        log.info("%s: %.3f clips/s", name, rate)
+        del fx
+    return rows
+
+
+def bench_rss(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """End-to-end peak memory on a 1-minute and an M-minute video, each in a fresh process."""
+    out: dict[str, Any] = {"resolution": "x".join(map(str, args.resolution)), "video_fps": args.video_fps}
+    for key, minutes in (("short", 1.0), ("long", args.minutes)):
+        video = generated_video(args.workdir, args.resolution, args.video_fps, 60.0 * minutes)
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.benchmark",
+            "--probe-e2e",
+            "--video",
+            str(video),
+            "--json",
+            *settings_args(s),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"e2e probe failed: {done.stderr.strip().splitlines()[-1:]}")
+        out[key] = {"minutes": minutes, **json.loads(done.stdout)}
+    short, long = out["short"], out["long"]
+    out["rss_ratio"] = long["peak_rss_mb_process_lifetime"] / short["peak_rss_mb_process_lifetime"]
+    out["pss_ratio"] = long["e2e"]["peak_pss_with_workers_mb"] / short["e2e"]["peak_pss_with_workers_mb"]
+    return out
+
+
+def settings_args(s: Settings) -> list[str]:
+    """Command-line flags that reproduce a Settings."""
+    flags = [
+        "--model",
+        s.model,
+        "--stride",
+        str(s.stride),
+        "--batch-size",
+        str(s.batch_size),
+        "--device",
+        s.device,
+        "--precision",
+        s.precision,
+        "--decode-workers",
+        str(s.decode_workers),
+        "--decode-backend",
+        s.decode_backend,
+        "--resize-backend",
+        s.resize_backend,
+        "--repeats",
+        str(s.repeats),
+    ]
+    for flag, value in (
+        ("--num-frames", s.num_frames),
+        ("--sampling-rate", s.sampling_rate),
+        ("--fps", s.fps),
+        ("--size", s.size),
+    ):
+        if value is not None:
+            flags += [flag, str(value)]
+    if s.channels_last is not None:
+        flags += ["--channels-last", "on" if s.channels_last else "off"]
+    if s.compile:
+        flags.append("--compile")
+    return flags
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Human-readable summary of bench_main's report."""
+    s = report["settings"]
+    fp = report["fast_paths"]
+    print(
+        f"model {s['model']}: T={report['num_frames']} tau={s['sampling_rate']} stride={s['stride']} "
+        f"fps={s['fps']} input {report['input_size']}x{report['input_size']}, batch {s['batch_size']}, "
+        f"{fp['device']} {fp['precision']} channels_last={fp['channels_last']} compiled={fp['compiled']}, "
+        f"{report['torch_threads']} torch threads on {report['cpus']} CPUs"
+    )
+    if report.get("gflops_per_clip"):
+        print(f"  GFLOPs/clip (fvcore, multiply-add = 1): {report['gflops_per_clip']:.3g}")
+    line = f"  model-only:  {report['model_clips_per_s']:.3f} clips/s (median of {s['repeats']})"
+    if "plain_fp32_ncdhw_clips_per_s" in report:
+        line += (
+            f"; plain fp32 NCDHW {report['plain_fp32_ncdhw_clips_per_s']:.3f} "
+            f"-> fast paths x{report['fast_path_speedup']:.2f}"
+        )
+    print(line)
+    d = report["decode"]
+    line = (
+        f"  decode-only: {d['torch_resize_frames_per_s']:.0f} frames/s (torch resize), "
+        f"{d['ffmpeg_resize_frames_per_s']:.0f} frames/s (ffmpeg resize)"
+    )
+    if d.get("ffmpeg_cli_frames_per_s"):
+        line += (
+            f"; ffmpeg CLI {d['ffmpeg_cli_frames_per_s']:.0f} -> x{d['torch_resize_vs_cli']:.2f} / "
+            f"x{d['ffmpeg_resize_vs_cli']:.2f} of the CLI"
+        )
+    else:
+        line += "; no ffmpeg CLI to compare with"
+    print(line)
+    e = report["e2e"]
+    print(
+        f"  end-to-end:  {e['clips_per_s']:.3f} clips/s ({e['clips']} clips in {e['seconds']:.0f} s, median of "
+        f"{len(e['runs'])}) -> e2e/model-only {report['e2e_vs_model']:.2f} (each run vs model-only around it)"
+    )
+    clean = f"{e['vs_model_clean']:.2f}" if e["vs_model_clean"] is not None else "none"
+    print(
+        f"               CPU s/clip: model-only {e['model_cpu_s_per_clip']:.2f}, e2e {e['cpu_s_per_clip']:.2f} "
+        f"(with decode) -> ratio {e['cpu_ratio']:.2f}; other processes took {100 * e['foreign_cpu_share']:.0f}% "
+        f"of the machine (runs under 5%: e2e/model-only {clean})"
+    )
+    print(
+        f"  memory:      peak RSS {e['peak_rss_mb']:.0f} MB during e2e (process lifetime "
+        f"{report['peak_rss_mb_process_lifetime']:.0f} MB); with decode workers {e['peak_pss_with_workers_mb']:.0f} "
+        "MB PSS"
+    )
+    print(f"  bottleneck:  {report['bottleneck']['note']}")
+    for backend, t in (report.get("transfer") or {}).items():
+        print(
+            f"  transfer ({backend} workers, no decode, no model): {t['clips_per_s']:.0f} clips/s = "
+            f"{t['mb_per_s']:.0f} MB/s"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="slowfast_r50", help="registered model name")
+    p.add_argument("--all-models", action="store_true", help="model-only clips/s and GFLOPs of every model")
+    p.add_argument("--video", type=Path, help="a video file (default: a generated one)")
+    p.add_argument("--resolution", default="1920x1080", help="generated video WxH")
+    p.add_argument("--video-fps", type=float, default=30.0, help="generated video frame rate")
+    p.add_argument("--seconds", type=float, default=20.0, help="generated video length")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "pipeline-benchmark",
+        help="where generated videos are cached",
+    )
+    p.add_argument("--num-frames", type=int, default=32, help="T (0: the model's)")
+    p.add_argument("--sampling-rate", type=int, default=1, help="tau (0: the model's)")
+    p.add_argument("--stride", type=int, default=16)
+    p.add_argument("--fps", type=float, default=30.0, help="frames/s the model sees (0: native)")
+    p.add_argument("--size", type=int, default=0, help="model input size (0: the model's crop size)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--decode-workers", type=int, default=1)
+    p.add_argument("--decode-backend", default="process", choices=["process", "thread"])
+    p.add_argument("--resize-backend", default="torch", choices=["torch", "ffmpeg"])
+    p.add_argument("--repeats", type=int, default=5, help="repeated measurements (medians are reported)")
+    p.add_argument("--decode-frames", type=int, default=300, help="frames per decode-only measurement")
+    p.add_argument(
+        "--e2e-repeats", type=int, default=3, help="end-to-end runs (each between model-only checks)"
+    )
+    p.add_argument(
+        "--many-short", type=int, default=0, metavar="N", help="N generated videos of 2 s at 320x240"
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0,
+        metavar="M",
+        help="peak memory on a 1-minute vs an M-minute video (fresh process each)",
+    )
+    p.add_argument("--probe-e2e", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    args = p.parse_args(argv)
+    args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings(
+        model=args.model,
+        num_frames=args.num_frames or None,
+        sampling_rate=args.sampling_rate or None,
+        stride=args.stride,
+        fps=args.fps or None,
+        size=args.size or None,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+        compile=args.compile,
+        decode_workers=args.decode_workers,
+        decode_backend=args.decode_backend,
+        resize_backend=args.resize_backend,
+        repeats=args.repeats,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
+    s = settings_of(args)
+    if args.probe_e2e:
+        fx = make_extractor(s)
+        report = {
+            "e2e": measure_e2e(fx, [args.video]),
+            "peak_rss_mb_process_lifetime": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    elif args.all_models:
+        report = {"models": bench_all_models(s)}
+        if not args.json:
+            for row in report["models"]:
+                print(
+                    f"{row['model']:22s} {row['num_frames']:3d}x{row['sampling_rate']:<2d} {row['input_size']:4d}px  "
+                    f"{row['gflops_per_clip'] or 0:7.1f} GFLOPs  {row['clips_per_s']:7.3f} clips/s"
+                )
+    elif args.minutes:
+        report = bench_rss(s, args)
+        if not args.json:
+            for key in ("short", "long"):
+                r = report[key]
+                print(
+                    f"{r['minutes']:g} min: peak RSS {r['peak_rss_mb_process_lifetime']:.0f} MB, with workers "
+                    f"{r['e2e']['peak_pss_with_workers_mb']:.0f} MB PSS, {r['e2e']['clips']} clips in "
+                    f"{r['e2e']['seconds']:.0f} s"
+                )
+            print(
+                f"RSS({args.minutes:g} min)/RSS(1 min) = {report['rss_ratio']:.3f}; "
+                f"PSS ratio {report['pss_ratio']:.3f}"
+            )
+    else:
+        if args.many_short:
+            videos = [generated_video(args.workdir / "short", (320, 240), args.video_fps, 2.0)]
+            videos = [
+                link_copy(videos[0], args.workdir / "short" / f"v{i:04d}.mp4") for i in range(args.many_short)
+            ]
+        else:
+            videos = [
+                args.video or generated_video(args.workdir, args.resolution, args.video_fps, args.seconds)
+            ]
+        report = bench_main(s, videos, decode_frames=args.decode_frames, e2e_repeats=args.e2e_repeats)
+        if not args.json:
+            print_report(report)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def link_copy(source: Path, target: Path) -> Path:
+    """target as a hard link of source (a separate file name, same bytes)."""
+    if not target.exists():
+        os.link(source, target)
+    return target
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Model fast paths against plain fp32 NCDHW: batch norms folded into convs, channels_last_3d, bf16
+autocast, torch.compile (and its fallback), inference_mode; the GPU paths run only where a GPU is visible."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.inference import TorchClipModel, default_channels_last, fold_batch_norms
+from pipeline.models.base import VideoModel
+from pipeline.models.registry import build_model, get_spec
+
+MEAN, STD = [0.45] * 3, [0.225] * 3
+CPU = torch.device("cpu")
+FAST_TOL = 1e-5  # relative L2 for exact rewrites; measured ~1-5e-7 (only the order of float sums changes)
+BF16_TOL = 3e-2  # relative L2; measured 3-4e-3 on the full models (bf16 keeps 8 bits of mantissa)
+
+# (model, T, size): the tiny test models and full-width models at a small input (fast, same kernels)
+MODELS = [
+    ("slowfast_tiny", 8, 64),
+    ("slow_tiny", 8, 64),
+    ("slowfast_r50", 8, 64),
+    ("i3d_nln_r50", 8, 64),
+    ("x3d_xs", 4, 96),
+]
+
+
+def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+def clips_of(T: int, size: int, batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    clips = rng.integers(0, 256, (batch, T, size, size, 3), dtype=np.uint8)
+    valid = np.ones((batch, T), dtype=bool)
+    valid[-1, -2:] = False  # zero padding at the end of the last clip
+    return clips, valid
+
+
+def trained_looking(model: nn.Module) -> nn.Module:
+    """Batch norm statistics and affines moved off their initial values (so that folding them matters),
+    mildly: zero-initialised residual norms stay zero and activations keep their scale."""
+    generator = torch.Generator().manual_seed(1)
+
+    def uniform(like: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return torch.rand(like.shape, generator=generator) * (high - low) + low
+
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm3d)):
+            norm.running_mean.copy_(uniform(norm.running_mean, -0.1, 0.1))
+            norm.running_var.copy_(uniform(norm.running_var, 0.8, 1.25))
+            norm.weight.mul_(uniform(norm.weight, 0.8, 1.2))
+            norm.bias.add_(uniform(norm.bias, -0.1, 0.1))
+    return model
+
+
+def clip_model(name: str, device: torch.device = CPU, **kwargs) -> TorchClipModel:
+    torch.manual_seed(0)
+    return TorchClipModel(trained_looking(build_model(name)), device=device, mean=MEAN, std=STD, **kwargs)
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=[m[0] for m in MODELS])
+def reference(request):
+    """(model name, clips, valid, fp32 NCDHW features, tolerance for exact rewrites).
+
+    The tolerance is FAST_TOL, or 10x the plain model's own change between batch sizes 1 and 2 when that
+    is larger: randomly initialised non-local blocks saturate their softmax and amplify any rounding
+    (i3d_nln_r50: ~1e-5 from the batch size alone).
+    """
+    name, T, size = request.param
+    clips, valid = clips_of(T, size)
+    plain = clip_model(name, channels_last=False, fold_bn=False)
+    assert not plain.channels_last and not plain.folded_norms and plain.model.training is False
+    want = plain(clips, valid)[0]
+    floor = relative_l2(plain(clips[:1], valid[:1])[0], want[:1])
+    return name, clips, valid, want, max(FAST_TOL, 10 * floor)
+
+
+@pytest.mark.parametrize("fast_path", ["default", "channels_last", "fold_bn"])
+def test_exact_fast_paths_equal_plain_fp32_ncdhw(reference, fast_path):
+    name, clips, valid, want, tolerance = reference
+    options = {"default": {}, "channels_last": {"fold_bn": False}, "fold_bn": {"channels_last": False}}
+    fast = clip_model(name, **options[fast_path])
+    norms = sum(isinstance(m, nn.BatchNorm3d) for m in build_model(name).modules())
+    assert fast.channels_last == (fast_path != "fold_bn")
+    assert fast.folded_norms == (norms if fast_path != "channels_last" else 0)  # every norm follows a conv
+    got = fast(clips, valid)[0]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert relative_l2(got, want) < tolerance
+
+
+class ConvUsedTwice(VideoModel):
+    """A conv whose output feeds a batch norm and is also used as it is: folding would change it."""
+
+    def __init__(self) -> None:
+        super().__init__(get_spec("slow_tiny"))
+        self.conv = nn.Conv3d(3, 4, 1)
+        self.bn = nn.BatchNorm3d(4)
+
+    def forward_features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        y = self.conv(inputs[0])
+        return (self.bn(y) + y).mean(dim=(2, 3, 4))
+
+
+def test_folding_is_checked_and_refused_when_it_changes_features(caplog):
+    model = trained_looking(ConvUsedTwice()).eval()
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+        kept, folded = fold_batch_norms(model)
+    assert kept is model and folded == 0
+    assert "batch norm folding changed slow_tiny's features" in caplog.text
+
+
+def test_folding_leaves_the_callers_model_alone():
+    model = trained_looking(build_model("slowfast_tiny"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = TorchClipModel(model, device=CPU, mean=MEAN, std=STD)
+    assert fast.folded_norms > 0 and fast.model is not model
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(reference):
+    name, clips, valid, want, tolerance = reference
+    if name.endswith("_tiny") or tolerance > FAST_TOL:
+        pytest.skip("bf16 checked on the full-width models whose random weights do not amplify rounding")
+    got = clip_model(name, precision="bf16")(clips, valid)[0]
+    assert got.dtype == np.float32
+    error = relative_l2(got, want)
+    assert 0 < error < BF16_TOL  # > 0: autocast really ran in bf16
+
+
+def test_channels_last_is_the_default_on_cpu_and_gpu():
+    assert default_channels_last(CPU) and default_channels_last(torch.device("cuda"))
+
+
+def test_fp16_needs_a_gpu():
+    with pytest.raises(RuntimeError, match="fp16 needs a CUDA device"):
+        clip_model("slowfast_tiny", precision="fp16")
+
+
+def test_batches_run_in_inference_mode():
+    model = clip_model("slowfast_tiny")
+    seen: list[bool] = []
+    model.model.s1.register_forward_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    model(*clips_of(8, 64))
+    assert seen == [True]  # the stem ran once, under inference_mode
+
+
+def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog):
+    clips, valid = clips_of(8, 64)
+    want = clip_model("slowfast_tiny")(clips, valid)[0]
+
+    def broken_compile(function, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("inductor: no working C++ compiler\nsecond line")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = clip_model("slowfast_tiny", compile=True)
+    assert model.compiled
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+        got = model(clips, valid)[0]
+    assert not model.compiled
+    assert "torch.compile failed (inductor: no working C++ compiler); running eagerly" in caplog.text
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_compiled_model_equals_eager():
+    """About a minute on 2 CPU cores (inductor compiles C++); the benchmark measures its speed."""
+    clips, valid = clips_of(8, 64)
+    want = clip_model("slowfast_tiny", channels_last=False, fold_bn=False)(clips, valid)[0]
+    model = clip_model("slowfast_tiny", compile=True)
+    got = model(clips, valid)[0]
+    assert model.compiled
+    assert relative_l2(got, want) < FAST_TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-2), ("bf16", 3e-2), ("fp16", 1e-2)])
+def test_gpu_paths_match_cpu_fp32(precision, tolerance):
+    """Pinned staging, non-blocking copies, cudnn.benchmark and autocast on the GPU vs fp32 on the CPU
+    (fp32 on a GPU may use TF32 convolutions, hence 1e-2)."""
+    clips, valid = clips_of(8, 64)
+    want = clip_model("slowfast_r50", channels_last=False, fold_bn=False)(clips, valid)[0]
+    gpu = clip_model("slowfast_r50", precision=precision, device=torch.device("cuda"))
+    for _ in range(2):  # the second call reuses the pinned buffer
+        got = gpu(clips, valid)[0]
+        assert relative_l2(got, want) < tolerance
+    assert torch.backends.cudnn.benchmark
