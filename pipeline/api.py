@@ -322,7 +322,14 @@ def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, An
     }
     outputs.save_json(output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
     return {"rows": int(features.shape[0]), "dim": int(dim), "output": naming.feature_relpath(entry.key, T),
-            "sha256": outputs.file_sha256(npy), "size": npy.stat().st_size}
+            "sha256": outputs.file_sha256(npy), "size": npy.stat().st_size, "partial": is_partial(result)}
+
+
+def is_partial(result: VideoResult) -> bool:
+    """True when decoding stopped well before the container's stated duration (e.g. a truncated file)."""
+    header = result.info.duration if result.info else None
+    decoded = result.frames * result.frame_duration
+    return bool(header) and decoded < 0.95 * header - 2 * result.frame_duration
 
 
 def remove_outputs(output_dir: Path, key: str, num_frames: int) -> None:
@@ -449,6 +456,10 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
                     rate = written["rows"] / result.seconds if result.seconds > 0 else 0.0
                     log.info("ok %s: %d rows in %.1f s (%.2f clips/s)", entry.rel, written["rows"],
                              result.seconds, rate)
+                    if written["partial"]:
+                        log.warning("PARTIAL %s: decoding stopped at %.1f s of %.1f s (truncated file?); kept "
+                                    "what decoded, manifest says partial=true", entry.rel,
+                                    result.frames * result.frame_duration, result.info.duration)
                 else:
                     remove_outputs(output_dir, entry.key, c.data.num_frames)
                     outputs.append_record(manifest, _manifest_record(entry, result, "failed", settings))

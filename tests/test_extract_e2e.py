@@ -169,3 +169,20 @@ def test_logits_and_top5_when_asked(video_root, tmp_path):
     probs = (probs / probs.sum(1, keepdims=True)).mean(0)
     assert [t[0] for t in top] == list(np.argsort(-probs)[:5])
     assert top[0][2] == pytest.approx(probs.max(), abs=1e-6)
+
+
+def test_truncated_file_that_decodes_partly_is_kept_and_marked_partial(tmp_path):
+    root = tmp_path / "root"
+    synth.write_video(root / "full.mkv", seconds=4.0, size=(96, 64))
+    synth.write_truncated_copy(root / "full.mkv", root / "cut.mkv", 0.5)
+    (root / "video_list.csv").write_text("full.mkv\ncut.mkv\n")
+    out = tmp_path / "out"
+    done = run_extract(tmp_path, "model=slowfast_tiny", "model.checkpoint=random", "data=custom",
+                       f"data.root={root}", f"output_dir={out}", "output.hdf5=false")
+    records = {r["key"]: r for r in read_manifest(out / "manifests" / "shard-0-of-1.jsonl")[0]}
+    assert records["full"]["status"] == "ok" and records["full"]["partial"] is False
+    cut = records["cut"]
+    assert done.returncode == (0 if cut["status"] == "ok" else 1)
+    if cut["status"] == "ok":  # FFmpeg stopped quietly: kept, and the manifest says it is partial
+        assert cut["partial"] is True and cut["frames"] < 0.95 * 120
+        assert "PARTIAL cut.mkv" in done.stdout + done.stderr
