@@ -4,7 +4,7 @@
     python -m pipeline.benchmark --video my.mp4 --json   # a user's file, machine-readable
     python -m pipeline.benchmark --all-models            # clips/s and GFLOPs of every registered model
     python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
-    python -m pipeline.benchmark --minutes 60 --stride 480 --resolution 320x240   # RSS vs video length
+    python -m pipeline.benchmark --minutes 60 --stride 120 --resolution 320x240   # RSS vs video length
 
 Everything runs in one process (the RSS-vs-length mode starts one fresh process per video length) with
 random weights (speed does not depend on their values). Rates are medians of repeated measurements:
@@ -606,7 +606,18 @@ def bench_all_models(s: Settings) -> list[dict[str, Any]]:
 
 
 def bench_rss(s: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """End-to-end peak memory on a 1-minute and an M-minute video, each in a fresh process."""
+    """End-to-end peak memory on a 1-minute and an M-minute video, each in a fresh process.
+
+    The peak includes one batch's activations, so the 1-minute video must fill whole batches too: with
+    fewer than 3 batches of clips in it the comparison is refused (use a smaller --stride).
+    """
+    fps = s.fps or args.video_fps
+    short_clips = -(-int(60 * fps) // s.stride)
+    if short_clips < 3 * s.batch_size:
+        raise SystemExit(
+            f"--minutes: a 1-minute video gives {short_clips} clips at stride {s.stride}, fewer than 3 batches of "
+            f"{s.batch_size}; peak memory would compare different batch sizes (use --stride {int(20 * fps) // s.batch_size} or less)"
+        )
     out: dict[str, Any] = {"resolution": "x".join(map(str, args.resolution)), "video_fps": args.video_fps}
     for key, minutes in (("short", 1.0), ("long", args.minutes)):
         video = generated_video(args.workdir, args.resolution, args.video_fps, 60.0 * minutes)

@@ -374,3 +374,13 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     )
     assert report["transfer"]["process"]["mb_per_s"] > 0
     assert report["bottleneck"]["limit"] in ("decode", "model")
+
+
+def test_benchmark_rss_refuses_a_short_video_without_full_batches(tmp_path):
+    """Peak memory includes one batch's activations: a 1-minute video must fill batches to be comparable."""
+    from pipeline import benchmark
+
+    argv = ["--model", "slowfast_tiny", "--minutes", "2", "--stride", "480", "--batch-size", "4"]
+    with pytest.raises(SystemExit, match="fewer than 3 batches of 4.*--stride 150 or less"):
+        benchmark.main([*argv, "--workdir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before generating any video
