@@ -68,6 +68,21 @@ def test_resize_matches_opencv(src, dst, kind):
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
+def test_resize_does_not_depend_on_thread_count_or_layout():
+    """Decode workers resize with one torch thread, the thread backend with several: same pixels."""
+    image = np.random.default_rng(7).integers(0, 256, (270, 480, 3), dtype=np.uint8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = resize_bilinear(image, 113, 64)
+        torch.set_num_threads(4)
+        four = resize_bilinear(image, 113, 64)
+        strided = resize_bilinear(np.repeat(image, 2, axis=0)[::2], 113, 64)  # a non-contiguous view, same pixels
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(one, four) and np.array_equal(one, strided)
+
+
 def test_resize_same_size_and_constant():
     image = np.full((9, 13, 3), 201, np.uint8)
     assert resize_bilinear(image, 13, 9) is image
