@@ -540,13 +540,13 @@ def bench_main(
     report["e2e"] = measure_e2e_interleaved(fx, videos, s.batch_size, T, size, e2e_repeats)
     report["e2e_vs_model"] = report["e2e"]["vs_model"]
     report["peak_rss_mb_process_lifetime"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report["bottleneck"] = bottleneck(report, c, first)
+    report["bottleneck"] = bottleneck(report, c, first, fx.engine.decode_workers)
     if transfer:
         report["transfer"] = {b: measure_transfer(s, T, size, b) for b in ("process", "thread")}
     return report
 
 
-def bottleneck(report: dict[str, Any], c: Any, video: Path) -> dict[str, Any]:
+def bottleneck(report: dict[str, Any], c: Any, video: Path, workers: int) -> dict[str, Any]:
     """Which side limits the run: decode capacity in clips/s vs the model's clips/s (measured rates)."""
     from pipeline.io import probe
 
@@ -554,14 +554,14 @@ def bottleneck(report: dict[str, Any], c: Any, video: Path) -> dict[str, Any]:
     per_clip = c.data.stride * native / (c.data.fps or native)  # source frames decoded per new clip
     backend = c.data.resize.backend.value
     decode_fps = report["decode"][f"{backend}_resize_frames_per_s"]
-    capacity = decode_fps * c.hardware.decode_workers / per_clip
+    capacity = decode_fps * workers / per_clip
     model = report["model_clips_per_s"]
     side = "decode" if capacity < model else "model"
     return {
         "decode_capacity_clips_per_s": capacity,
         "model_clips_per_s": model,
         "limit": side,
-        "note": f"{c.hardware.decode_workers} decode worker(s) at {decode_fps:.0f} frames/s feed "
+        "note": f"{workers} decode worker(s) at {decode_fps:.0f} frames/s feed "
         f"{capacity:.2f} clips/s; the model takes {model:.2f}: the {side} is the bottleneck",
     }
 
@@ -762,7 +762,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--decode-workers", type=int, default=1)
+    p.add_argument("--decode-workers", type=int, default=1, help="0: one per usable CPU")
     p.add_argument("--decode-backend", default="process", choices=["process", "thread"])
     p.add_argument("--resize-backend", default="torch", choices=["torch", "ffmpeg"])
     p.add_argument("--repeats", type=int, default=5, help="repeated measurements (medians are reported)")

@@ -160,7 +160,7 @@ class HardwareConfig:
     precision: Precision = Precision.fp32
     channels_last: bool | None = None
     compile: bool = False
-    decode_workers: int = 1
+    decode_workers: int = 1  # 0: one per usable CPU (the affinity mask, or Slurm's cpus_per_task)
     decode_backend: DecodeBackend = DecodeBackend.process
     queue_size: int = 16
     num_shards: int = 1
@@ -234,10 +234,11 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("model.checkpoint", f"no such file: {m.checkpoint} (use a path, 'zoo' or 'random')")
     for key, value in (("data.num_frames", d.num_frames), ("data.sampling_rate", d.sampling_rate),
                        ("data.stride", d.stride), ("data.crops", d.crops), ("hardware.batch_size", h.batch_size),
-                       ("hardware.decode_workers", h.decode_workers),
                        ("hardware.queue_size", h.queue_size)):
         if value < 1:
             _fail(key, f"must be >= 1 (got {value})")
+    if h.decode_workers < 0:
+        _fail("hardware.decode_workers", f"must be >= 1, or 0 for one per usable CPU (got {h.decode_workers})")
     if h.num_shards < (0 if h.launcher is Launcher.local else 1):
         _fail("hardware.num_shards", f"must be >= 1 (0 = one per GPU with the local launcher; got {h.num_shards})")
     if m.alpha is not None and d.num_frames % m.alpha:

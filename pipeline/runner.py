@@ -831,7 +831,10 @@ class Engine:
         self.batch_size = batch_size
         self.queue_size = max(queue_size, batch_size)
         cpus = usable_cpus()
-        if decode_workers > cpus:
+        if decode_workers == 0:  # one per CPU this process may use (Slurm's cpus_per_task on a cluster)
+            decode_workers = cpus
+            log.info("hardware.decode_workers=0: %d decode workers, one per usable CPU", cpus)
+        elif decode_workers > cpus:
             log.warning(
                 "hardware.decode_workers=%d is more than the %d CPUs this process may use: using %d",
                 decode_workers,

@@ -39,6 +39,7 @@ def test_epic_preset(tmp_path):
         ("data.crops=2", "data.crops"),
         ("data.crops=3", "data.crops"),  # needs short_side
         ("hardware.batch_size=0", "hardware.batch_size"),
+        ("hardware.decode_workers=-1", "hardware.decode_workers"),
         ("hardware.shard_index=3", "hardware.shard_index"),
         ("model.checkpoint=/nonexistent/model.pyth", "model.checkpoint"),
     ],

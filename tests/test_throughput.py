@@ -274,6 +274,17 @@ def test_decode_workers_beyond_the_cpus_are_clamped(caplog):
     assert f"hardware.decode_workers={cpus + 7} is more than the {cpus} CPUs" in caplog.text
 
 
+def test_zero_decode_workers_means_one_per_usable_cpu(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")  # a Slurm task's CPUs win over the affinity mask
+    assert usable_cpus() == 3
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    run = engine(PixelModel(), FakeOpener((5, 7)), decode_workers=0)
+    assert run.decode_workers == usable_cpus()
+    results = {r.job.key: r for r in run.run(jobs(2))}
+    for video, n in enumerate((5, 7)):
+        assert np.array_equal(results[f"v{video}"].features, expected_pixels(video, n))
+
+
 def test_stopping_early_stops_the_workers():
     lengths = (400, 400)
     run = engine(PixelModel(), FakeOpener(lengths), batch_size=1, decode_workers=2, queue_size=2)
