@@ -206,26 +206,45 @@ def test_larger_odd_width_video(media):
     assert all(f.image.shape == (96, 150, 3) and f.image.flags.c_contiguous for f in frames)
 
 
+def count_conversions(monkeypatch) -> list[int]:
+    """Count VideoSource's colour conversions (decoded frame -> RGB array)."""
+    from pipeline.io.video import VideoSource
+
+    calls: list[int] = []
+    convert = VideoSource._to_array
+
+    def counted(self, frame):
+        calls.append(1)
+        return convert(self, frame)
+
+    monkeypatch.setattr(VideoSource, "_to_array", counted)
+    return calls
+
+
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
-def test_video_60_to_30_fps(media, ext):
+def test_video_60_to_30_fps(media, ext, monkeypatch):
     path = media / f"sixty.{ext}"
     synth.write_video(path, size=SIZE, fps=60, seconds=1.0)
+    conversions = count_conversions(monkeypatch)
     with open_source(path, fps=30) as source:
         frames = list(source)
         assert source.frames_decoded == 60
+    assert len(conversions) == 30  # dropped frames are decoded, never converted
     assert numbers(frames) == list(range(0, 60, 2))
     assert [f.time for f in frames] == pytest.approx([k / 30 for k in range(30)])
     assert [f.index for f in frames] == list(range(30))
 
 
 @pytest.mark.parametrize("ext", ["mp4", "webm"])
-def test_video_25_to_30_fps(media, ext):
+def test_video_25_to_30_fps(media, ext, monkeypatch):
     path = media / f"twentyfive.{ext}"
     codec = "libvpx-vp9" if ext == "webm" else "libx264"
     synth.write_video(path, codec=codec, size=SIZE, fps=25, seconds=2.0)
+    conversions = count_conversions(monkeypatch)
     frames = decode_all(path, fps=30)
     assert len(frames) == 59  # last input frame at 1.96 s
     assert numbers(frames) == [math.floor(k * 25 / 30 + 1e-9) for k in range(59)]
+    assert len(conversions) == len(set(numbers(frames))) == 49  # each used frame converted once, even if repeated
 
 
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
@@ -470,10 +489,20 @@ def test_frame_folder_numeric_order_and_filtering(tmp_path):
     assert all(f.image.flags.c_contiguous and f.image.dtype == np.uint8 for f in frames)
 
 
-def test_frame_folder_resample_and_resize(tmp_path):
+def test_frame_folder_resample_and_resize(tmp_path, monkeypatch):
+    from pipeline.io import frames as frames_module
+
     folder = tmp_path / "clip"
     synth.write_frame_folder(folder, 20, size=(128, 96))  # default pattern frame_{:010d}.jpg
+    read, original = [], frames_module.read_image
+
+    def counted(*args):
+        read.append(args[1].name)
+        return original(*args)
+
+    monkeypatch.setattr(frames_module, "read_image", counted)
     frames = decode_all(folder, fps=15, frames_fps=30, resize=(64, 48))
+    assert len(read) == 10  # files that resampling drops are never read
     assert numbers(frames) == list(range(0, 20, 2))
     assert frames[0].image.shape == (48, 64, 3)
 

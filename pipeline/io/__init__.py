@@ -23,6 +23,7 @@ __all__ = [
     "DecodeError",
     "Frame",
     "FrameSource",
+    "LoadImage",
     "Resize",
     "SourceInfo",
     "open_source",
@@ -31,6 +32,8 @@ __all__ = [
 
 # Decoder-side resize: a fixed (width, height), or a function of the upright source (width, height).
 Resize = tuple[int, int] | Callable[[int, int], tuple[int, int]]
+# A decoded frame not yet converted to an array: called (at most once) only if resampling keeps it.
+LoadImage = Callable[[], np.ndarray]
 
 DEFAULT_FRAMES_PATTERN = "frame_{:010d}.jpg"
 DEFAULT_FRAMES_FPS = 30.0
@@ -82,25 +85,29 @@ class FrameSource(Iterator[Frame], abc.ABC):
         self.info = info
         self.fps = fps
         self.frames_decoded = 0
-        self._output: Iterator[tuple[np.ndarray, float]] = resample(self._counted(), fps, tolerance)
+        self._output: Iterator[tuple[_Converted, float]] = resample(self._counted(), fps, tolerance)
         self._index = 0
 
     @abc.abstractmethod
-    def _decode(self) -> Iterator[tuple[np.ndarray, float]]:
-        """Yield (image, timestamp in seconds) for every decoded frame, in presentation order."""
+    def _decode(self) -> Iterator[tuple[LoadImage, float]]:
+        """Yield (image loader, timestamp in seconds) for every decoded frame, in presentation order.
+
+        The loader does the costly part (colour conversion, resize, reading an image file): frames that
+        resampling drops (60 -> 30 fps: every other one) are decoded but never converted.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the file; further iteration stops."""
 
-    def _counted(self) -> Iterator[tuple[np.ndarray, float]]:
-        for item in self._decode():
+    def _counted(self) -> Iterator[tuple[_Converted, float]]:
+        for load, stamp in self._decode():
             self.frames_decoded += 1
-            yield item
+            yield _Converted(load), stamp
 
     def __next__(self) -> Frame:
-        image, time = next(self._output)
-        frame = Frame(image=image, time=time, index=self._index)
+        converted, time = next(self._output)
+        frame = Frame(image=converted.image(), time=time, index=self._index)
         self._index += 1
         return frame
 
@@ -117,6 +124,22 @@ class FrameSource(Iterator[Frame], abc.ABC):
             self.close()
         except Exception:  # noqa: BLE001 - best effort at interpreter shutdown
             pass
+
+
+class _Converted:
+    """A frame's image, converted on first use and kept (resampling may hand it out more than once)."""
+
+    __slots__ = ("_load", "_image")
+
+    def __init__(self, load: LoadImage) -> None:
+        self._load: LoadImage | None = load
+        self._image: np.ndarray | None = None
+
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            assert self._load is not None
+            self._image, self._load = self._load(), None
+        return self._image
 
 
 def probe(

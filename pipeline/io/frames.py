@@ -11,12 +11,13 @@ import dataclasses
 import re
 import string
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.io import DecodeError, FrameSource, Resize, SourceInfo
+from pipeline.io import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -138,11 +139,11 @@ class FolderSource(FrameSource):
         info = dataclasses.replace(info, width=width, height=height)
         super().__init__(info, fps)
 
-    def _decode(self) -> Iterator[tuple[np.ndarray, float]]:
+    def _decode(self) -> Iterator[tuple[LoadImage, float]]:
         for k, file in enumerate(self._files or []):
             if self._files is None:  # closed
                 return
-            yield read_image(self.path, file, self._resize), k / self._frames_fps
+            yield partial(read_image, self.path, file, self._resize), k / self._frames_fps
 
     def close(self) -> None:
         """Stop reading (idempotent)."""

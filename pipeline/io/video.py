@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from pipeline.io import DecodeError, FrameSource, Resize, SourceInfo
+from pipeline.io import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
 from pipeline.io.resample import TOLERANCE_S
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class VideoSource(FrameSource):
             array = np.rot90(array, self._turns)
         return np.ascontiguousarray(array)
 
-    def _decode(self) -> Iterator[tuple[np.ndarray, float]]:
+    def _decode(self) -> Iterator[tuple[LoadImage, float]]:
         container = self._container
         if container is None:
             return
@@ -199,9 +200,9 @@ class VideoSource(FrameSource):
                 stamp = last_time if first else last_time + step
             first = False
             last_time = float(stamp)
-            image = self._to_array(frame)
+            load = partial(self._to_array, frame)
             frame = None
-            yield image, last_time
+            yield load, last_time
 
     def close(self) -> None:
         """Close the container (idempotent)."""
