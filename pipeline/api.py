@@ -35,6 +35,7 @@ from pipeline.config import (
     video_list_path,
 )
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
+from pipeline.memory import keep_freed_memory
 from pipeline.runner import Engine, SourceOpener, VideoJob, VideoResult
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
@@ -164,6 +165,8 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
     clip_model = TorchClipModel(model, device=device, mean=cfg.model.mean, std=cfg.model.std,
                                 precision=hw.precision.value, channels_last=hw.channels_last,
                                 logits=cfg.output.logits, compile=hw.compile)
+    if device.type == "cpu" and hw.reuse_memory:
+        keep_freed_memory()  # once the model is ready: its weights keep their own mappings
     transform = frame_transform(cfg)
     open_video = SourceOpener(fps=data.fps, frames_pattern=data.frames.pattern, frames_fps=data.frames.fps,
                               resize=transform.decoder_resize)

@@ -160,6 +160,7 @@ class HardwareConfig:
     precision: Precision = Precision.fp32
     channels_last: bool | None = None
     compile: bool = False
+    reuse_memory: bool = True  # CPU: keep freed activation memory for the next batch (pipeline.memory)
     decode_workers: int = 1  # 0: one per usable CPU (the affinity mask, or Slurm's cpus_per_task)
     decode_backend: DecodeBackend = DecodeBackend.process
     queue_size: int = 16
