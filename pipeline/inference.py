@@ -244,6 +244,7 @@ class TorchClipModel:
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=True)
         inputs = normalize_clips(pixels, mask, self.mean, self.std)
         pathways = self.model.pathways(inputs)
+        del pixels, inputs  # the NCDHW input goes as soon as its channels-last copy exists (peak memory)
         if self.channels_last:
             pathways = [p.contiguous(memory_format=torch.channels_last_3d) for p in pathways]
         with self._autocast():
