@@ -275,13 +275,18 @@ def video_list_path(data: DataConfig) -> Path:
     return Path(data.video_list).expanduser() if data.video_list else Path(data.root).expanduser() / "video_list.csv"
 
 
-def default_threads() -> int:
-    """CPUs this process may use: an explicit OMP_NUM_THREADS, Slurm's cpus_per_task, else the affinity mask."""
-    for variable in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+def usable_cpus() -> int:
+    """CPUs this process may run on: Slurm's cpus_per_task when set, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The model's thread count: an explicit OMP_NUM_THREADS, else `usable_cpus()`."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else usable_cpus()

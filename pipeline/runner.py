@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.config import usable_cpus  # unlike the model's threads, not limited by OMP_NUM_THREADS
 from pipeline.io import (
     DEFAULT_FRAMES_FPS,
     DEFAULT_FRAMES_PATTERN,
@@ -126,15 +127,6 @@ class DecodeWorkerError(RuntimeError):
 
 class DecodeTimeout(RuntimeError):
     """A video made no decoding progress for longer than the decode timeout."""
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (Slurm's cpus_per_task when set, else the affinity mask); unlike the
-    model's thread count, OMP_NUM_THREADS does not limit how many decode workers make sense."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    return len(os.sched_getaffinity(0))
 
 
 def describe_error(error: BaseException) -> str:
