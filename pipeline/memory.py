@@ -3,8 +3,8 @@
 glibc hands allocations above its mmap threshold (at most 32 MB) to fresh `mmap`s and unmaps them on
 free, so every batch page-faults and zeroes its large activations again: about 650 MB per SlowFast R50
 clip at 256x256, 20-30% of the CPU time on two cores. Serving everything from the heap and never trimming
-it makes later batches reuse the same pages (measured: 1.03 -> 1.43 clips/s at batch 4, peak RSS 1.35 ->
-1.65 GB; see the README's throughput section).
+it makes later batches reuse the same pages (measured here: 1.16x faster at batch 2, 1.39x at batch 4, for
+0.2-0.7 GB more peak RSS; see the README's throughput section).
 """
 
 from __future__ import annotations
