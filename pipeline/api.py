@@ -1,8 +1,8 @@
 """The plain Python entry: `FeatureExtractor` for notebooks, and `run_shard` that the Hydra app calls.
 
-    from pipeline.api import FeatureExtractor
-    fx = FeatureExtractor("slowfast_r50", checkpoint="SLOWFAST_8x8_R50.pkl", fps=30, stride=16)
-    features, timestamps = fx.extract("video.mp4")
+from pipeline.api import FeatureExtractor
+fx = FeatureExtractor("slowfast_r50", checkpoint="SLOWFAST_8x8_R50.pkl", fps=30, stride=16)
+features, timestamps = fx.extract("video.mp4")
 """
 
 from __future__ import annotations
@@ -60,16 +60,27 @@ def as_object(cfg: DictConfig | ExtractConfig) -> ExtractConfig:
 
 def window_spec(data: DataConfig) -> WindowSpec:
     """Clip window settings of a data config."""
-    return WindowSpec(num_frames=data.num_frames, sampling_rate=data.sampling_rate, stride=data.stride,
-                      window=data.window.value, pad=data.pad.value)
+    return WindowSpec(
+        num_frames=data.num_frames,
+        sampling_rate=data.sampling_rate,
+        stride=data.stride,
+        window=data.window.value,
+        pad=data.pad.value,
+    )
 
 
 def frame_transform(cfg: ExtractConfig) -> FrameTransform:
     """The per-frame spatial transform (resize, crops, channel order) of a run."""
     r = cfg.data.resize
-    return FrameTransform(mode=r.mode.value, size=(r.size[0], r.size[1]), short_side=r.short_side, crop=r.crop,
-                          num_crops=cfg.data.crops, channel_order=cfg.model.channel_order.value,
-                          backend=r.backend.value)
+    return FrameTransform(
+        mode=r.mode.value,
+        size=(r.size[0], r.size[1]),
+        short_side=r.short_side,
+        crop=r.crop,
+        num_crops=cfg.data.crops,
+        channel_order=cfg.model.channel_order.value,
+        backend=r.backend.value,
+    )
 
 
 def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, Any]:
@@ -162,18 +173,38 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
     device = device_or_fail(cfg.hardware.device.value)
     model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
     hw, data = cfg.hardware, cfg.data
-    clip_model = TorchClipModel(model, device=device, mean=cfg.model.mean, std=cfg.model.std,
-                                precision=hw.precision.value, channels_last=hw.channels_last,
-                                logits=cfg.output.logits, compile=hw.compile)
+    clip_model = TorchClipModel(
+        model,
+        device=device,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        precision=hw.precision.value,
+        channels_last=hw.channels_last,
+        logits=cfg.output.logits,
+        compile=hw.compile,
+    )
     if device.type == "cpu" and hw.reuse_memory:
         keep_freed_memory()  # once the model is ready: its weights keep their own mappings
     transform = frame_transform(cfg)
-    open_video = SourceOpener(fps=data.fps, frames_pattern=data.frames.pattern, frames_fps=data.frames.fps,
-                              resize=transform.decoder_resize)
-    engine = Engine(clip_model, open_video, transform, window_spec(data), fps=data.fps,
-                    batch_size=hw.batch_size, queue_size=hw.queue_size, decode_workers=hw.decode_workers,
-                    crop_reduce=data.crop_reduce.value, decode_backend=hw.decode_backend.value,
-                    decode_timeout=data.decode_timeout_s)
+    open_video = SourceOpener(
+        fps=data.fps,
+        frames_pattern=data.frames.pattern,
+        frames_fps=data.frames.fps,
+        resize=transform.decoder_resize,
+    )
+    engine = Engine(
+        clip_model,
+        open_video,
+        transform,
+        window_spec(data),
+        fps=data.fps,
+        batch_size=hw.batch_size,
+        queue_size=hw.queue_size,
+        decode_workers=hw.decode_workers,
+        crop_reduce=data.crop_reduce.value,
+        decode_backend=hw.decode_backend.value,
+        decode_timeout=data.decode_timeout_s,
+    )
     return engine, weights
 
 
@@ -235,8 +266,9 @@ class ShardSummary:
         return asdict(self)
 
 
-def shard_entries_of(cfg: ExtractConfig, entries: list[VideoEntry], shard_index: int, num_shards: int,
-                     output_dir: Path) -> list[VideoEntry]:
+def shard_entries_of(
+    cfg: ExtractConfig, entries: list[VideoEntry], shard_index: int, num_shards: int, output_dir: Path
+) -> list[VideoEntry]:
     """This shard's entries, from shards.json when it matches the list, else computed (and recorded)."""
     if num_shards == 1:
         return entries
@@ -247,10 +279,18 @@ def shard_entries_of(cfg: ExtractConfig, entries: list[VideoEntry], shard_index:
     return [e for e in entries if e.key in wanted]
 
 
-def _manifest_record(entry: VideoEntry, result: VideoResult | None, status: str, settings: dict[str, Any],
-                     **fields_: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {"key": entry.key, "path": entry.rel, "status": status, "outcome": status,
-                              "settings": settings, "time": outputs.now_iso(), "error": None}
+def _manifest_record(
+    entry: VideoEntry, result: VideoResult | None, status: str, settings: dict[str, Any], **fields_: Any
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "key": entry.key,
+        "path": entry.rel,
+        "status": status,
+        "outcome": status,
+        "settings": settings,
+        "time": outputs.now_iso(),
+        "error": None,
+    }
     if result is not None:
         record.update(seconds=round(result.seconds, 3), frames=result.frames, error=result.error)
     record.update(fields_)
@@ -275,8 +315,15 @@ def class_names(model_name: str) -> tuple[str, ...] | None:
     return load_labels(labels) if labels else None
 
 
-def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, Any], settings: dict[str, Any],
-                 weights: WeightsInfo, entry: VideoEntry, result: VideoResult) -> dict[str, Any]:
+def write_result(
+    output_dir: Path,
+    cfg: ExtractConfig,
+    config_data: dict[str, Any],
+    settings: dict[str, Any],
+    weights: WeightsInfo,
+    entry: VideoEntry,
+    result: VideoResult,
+) -> dict[str, Any]:
     """Write one finished video's feature file, sidecar (and logits) atomically; return its manifest fields."""
     T = cfg.data.num_frames
     npy = output_dir / naming.feature_relpath(entry.key, T)
@@ -324,8 +371,14 @@ def write_result(output_dir: Path, cfg: ExtractConfig, config_data: dict[str, An
         "created": outputs.now_iso(),
     }
     outputs.save_json(output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
-    return {"rows": int(features.shape[0]), "dim": int(dim), "output": naming.feature_relpath(entry.key, T),
-            "sha256": outputs.file_sha256(npy), "size": npy.stat().st_size, "partial": is_partial(result)}
+    return {
+        "rows": int(features.shape[0]),
+        "dim": int(dim),
+        "output": naming.feature_relpath(entry.key, T),
+        "sha256": outputs.file_sha256(npy),
+        "size": npy.stat().st_size,
+        "partial": is_partial(result),
+    }
 
 
 def is_partial(result: VideoResult) -> bool:
@@ -378,27 +431,38 @@ class Progress:
             self.bar.close()
 
 
-def plan_run(cfg: ExtractConfig, shard_index: int = 0, num_shards: int = 1
-             ) -> tuple[Path, list[VideoEntry], dict[str, outputs.ResumeDecision], dict[str, Any]]:
+def plan_run(
+    cfg: ExtractConfig, shard_index: int = 0, num_shards: int = 1
+) -> tuple[Path, list[VideoEntry], dict[str, outputs.ResumeDecision], dict[str, Any]]:
     """What a run would do: output dir, this shard's entries and a resume decision per entry."""
     output_dir = output_dir_of(cfg)
     try:
-        entries = read_video_list(video_list_path(cfg.data), Path(cfg.data.root).expanduser().resolve(),
-                                  cfg.data.video_ext)
+        entries = read_video_list(
+            video_list_path(cfg.data), Path(cfg.data.root).expanduser().resolve(), cfg.data.video_ext
+        )
     except (OSError, VideoListError) as error:
         raise RunError(str(error)) from error
     entries = shard_entries_of(cfg, entries, shard_index, num_shards, output_dir)
     from pipeline.inference import resolve_checkpoint
 
     path = resolve_checkpoint(cfg.model)
-    weights = WeightsInfo(str(path) if path else None, outputs.file_sha256(path) if path else None, path is None)
+    weights = WeightsInfo(
+        str(path) if path else None, outputs.file_sha256(path) if path else None, path is None
+    )
     settings = extraction_settings(cfg, weights)
     latest, problems = outputs.latest_records(output_dir)
     for problem in problems:
-        log.warning("%s line %d: %s (that video will be recomputed)", problem.path, problem.line, problem.reason)
+        log.warning(
+            "%s line %d: %s (that video will be recomputed)", problem.path, problem.line, problem.reason
+        )
     decisions = {
-        e.key: outputs.decide_resume(latest.get(e.key), output_dir, settings,
-                                     overwrite=cfg.output.overwrite, retry_failed=cfg.output.retry_failed)
+        e.key: outputs.decide_resume(
+            latest.get(e.key),
+            output_dir,
+            settings,
+            overwrite=cfg.output.overwrite,
+            retry_failed=cfg.output.retry_failed,
+        )
         for e in entries
     }
     return output_dir, entries, decisions, settings
@@ -422,8 +486,10 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
         outputs.clean_stale_temps(output_dir)
         engine, weights = build_engine(c)
         if weights.random:
-            log.warning("RANDOM WEIGHTS: model.checkpoint=random -- these features are not meaningful; "
-                        "every output records random_weights=true")
+            log.warning(
+                "RANDOM WEIGHTS: model.checkpoint=random -- these features are not meaningful; "
+                "every output records random_weights=true"
+            )
         settings = extraction_settings(c, weights)
         config_data = resolved_config(c)
         by_key = {e.key: e for e in entries}
@@ -433,19 +499,39 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
             if entry.error:
                 summary.failed += 1
                 log.error("FAILED %s: %s", entry.rel, entry.error)
-                outputs.append_record(manifest, _manifest_record(entry, None, "failed", settings, error=entry.error))
+                outputs.append_record(
+                    manifest, _manifest_record(entry, None, "failed", settings, error=entry.error)
+                )
             elif decision.run:
                 if decision.reason != "new":
                     log.info("recomputing %s: %s", entry.rel, decision.reason)
                 todo.append(entry)
             else:
                 summary.skipped += 1
-                kept = {k: decision.record.get(k) for k in ("rows", "dim", "output", "sha256", "size", "error")}
-                outputs.append_record(manifest, _manifest_record(entry, None, "skipped", settings, **kept,
-                                                                 outcome=decision.record.get("outcome", "ok"),
-                                                                 reason=decision.reason))
-        log.info("%s: %d videos in shard %d/%d, %d to extract, %d skipped", output_dir, len(entries),
-                 shard_index, num_shards, len(todo), summary.skipped)
+                kept = {
+                    k: decision.record.get(k) for k in ("rows", "dim", "output", "sha256", "size", "error")
+                }
+                outputs.append_record(
+                    manifest,
+                    _manifest_record(
+                        entry,
+                        None,
+                        "skipped",
+                        settings,
+                        **kept,
+                        outcome=decision.record.get("outcome", "ok"),
+                        reason=decision.reason,
+                    ),
+                )
+        log.info(
+            "%s: %d videos in shard %d/%d, %d to extract, %d skipped",
+            output_dir,
+            len(entries),
+            shard_index,
+            num_shards,
+            len(todo),
+            summary.skipped,
+        )
         progress = Progress(len(todo))
         jobs = [VideoJob(e.key, e.path, e.rel) for e in todo]
         try:
@@ -453,16 +539,27 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
                 entry = by_key[result.job.key]
                 if result.ok:
                     written = write_result(output_dir, c, config_data, settings, weights, entry, result)
-                    outputs.append_record(manifest, _manifest_record(entry, result, "ok", settings, **written))
+                    outputs.append_record(
+                        manifest, _manifest_record(entry, result, "ok", settings, **written)
+                    )
                     summary.ok += 1
                     summary.rows += written["rows"]
                     rate = written["rows"] / result.seconds if result.seconds > 0 else 0.0
-                    log.info("ok %s: %d rows in %.1f s (%.2f clips/s)", entry.rel, written["rows"],
-                             result.seconds, rate)
+                    log.info(
+                        "ok %s: %d rows in %.1f s (%.2f clips/s)",
+                        entry.rel,
+                        written["rows"],
+                        result.seconds,
+                        rate,
+                    )
                     if written["partial"]:
-                        log.warning("PARTIAL %s: decoding stopped at %.1f s of %.1f s (truncated file?); kept "
-                                    "what decoded, manifest says partial=true", entry.rel,
-                                    result.frames * result.frame_duration, result.info.duration)
+                        log.warning(
+                            "PARTIAL %s: decoding stopped at %.1f s of %.1f s (truncated file?); kept "
+                            "what decoded, manifest says partial=true",
+                            entry.rel,
+                            result.frames * result.frame_duration,
+                            result.info.duration,
+                        )
                 else:
                     remove_outputs(output_dir, entry.key, c.data.num_frames)
                     outputs.append_record(manifest, _manifest_record(entry, result, "failed", settings))
@@ -476,8 +573,16 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
     finally:
         lock.release()
     summary.seconds = round(time.perf_counter() - started, 3)
-    log.info("shard %d/%d done: %d ok, %d failed, %d skipped, %d rows in %.1f s", shard_index, num_shards,
-             summary.ok, summary.failed, summary.skipped, summary.rows, summary.seconds)
+    log.info(
+        "shard %d/%d done: %d ok, %d failed, %d skipped, %d rows in %.1f s",
+        shard_index,
+        num_shards,
+        summary.ok,
+        summary.failed,
+        summary.skipped,
+        summary.rows,
+        summary.seconds,
+    )
     return summary
 
 
@@ -490,8 +595,15 @@ def environment_record() -> dict[str, Any]:
     import av
 
     try:
-        revision = subprocess.run(["git", "-C", str(CONF_DIR.parent), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=5).stdout.strip() or None
+        revision = (
+            subprocess.run(
+                ["git", "-C", str(CONF_DIR.parent), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         revision = None
     return {
@@ -548,8 +660,13 @@ def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
         return None
 
 
-def finish_run(cfg: ExtractConfig, output_dir: Path, summaries: list[ShardSummary], hydra_dir: Path | None,
-               h5: Path | None) -> dict[str, Any]:
+def finish_run(
+    cfg: ExtractConfig,
+    output_dir: Path,
+    summaries: list[ShardSummary],
+    hydra_dir: Path | None,
+    h5: Path | None,
+) -> dict[str, Any]:
     """Record runs/<timestamp>.json and print the summary; returns the run's totals and paths."""
     totals = {k: sum(getattr(s, k) for s in summaries) for k in ("ok", "failed", "skipped", "rows")}
     record = {
@@ -567,8 +684,10 @@ def finish_run(cfg: ExtractConfig, output_dir: Path, summaries: list[ShardSummar
     stamp = outputs.now_iso().replace(":", "-")
     outputs.save_json(output_dir / "runs" / f"{stamp}-{os.getpid()}.json", record)
     print(f"features: {output_dir / 'features'}" + (f"\nhdf5: {h5}" if h5 else ""))
-    print(f"summary: {totals['ok']} ok, {totals['failed']} failed, {totals['skipped']} skipped, "
-          f"{totals['rows']} rows")
+    print(
+        f"summary: {totals['ok']} ok, {totals['failed']} failed, {totals['skipped']} skipped, "
+        f"{totals['rows']} rows"
+    )
     if totals["failed"]:
-        print(f"failed videos are listed in {output_dir / 'manifests'} (status \"failed\")")
+        print(f'failed videos are listed in {output_dir / "manifests"} (status "failed")')
     return {"output_dir": str(output_dir), "hdf5": str(h5) if h5 else None, "totals": totals}

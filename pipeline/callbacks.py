@@ -33,8 +33,9 @@ def write_job_summary(job_dir: Path, record: dict[str, Any]) -> None:
 def collect_sweep(sweep_dir: Path) -> dict[str, Any]:
     """Read every job's summary under a sweep dir; a job dir without one counts as a crashed job."""
     jobs = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()),
-                          key=lambda p: (len(p.name), p.name)):
+    for job_dir in sorted(
+        (p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name)
+    ):
         summary_file = job_dir / JOB_SUMMARY
         if summary_file.is_file():
             job = json.loads(summary_file.read_text())
@@ -62,9 +63,13 @@ class SweepSummary(Callback):
         for job in summary["jobs"]:
             totals = job.get("totals") or {}
             state = "ok" if not job.get("status") else "FAILED"
-            print(f"{state:6s} {job.get('overrides') or ''} -> {job.get('output_dir', '-')} "
-                  f"(rows {totals.get('rows', '-')}, failed videos {totals.get('failed', '-')})"
-                  + (f": {job['error']}" if job.get("error") else ""))
-        print(f"sweep: {summary['finished']} runs finished, {summary['failed']} failed; {sweep_dir / SWEEP_SUMMARY}")
+            print(
+                f"{state:6s} {job.get('overrides') or ''} -> {job.get('output_dir', '-')} "
+                f"(rows {totals.get('rows', '-')}, failed videos {totals.get('failed', '-')})"
+                + (f": {job['error']}" if job.get("error") else "")
+            )
+        print(
+            f"sweep: {summary['finished']} runs finished, {summary['failed']} failed; {sweep_dir / SWEEP_SUMMARY}"
+        )
         if summary["failed"]:
             sys.exit(1)

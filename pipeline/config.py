@@ -233,15 +233,25 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
     m, d, h = c.model, c.data, c.hardware
     if m.checkpoint not in ("zoo", "random") and not Path(m.checkpoint).expanduser().is_file():
         _fail("model.checkpoint", f"no such file: {m.checkpoint} (use a path, 'zoo' or 'random')")
-    for key, value in (("data.num_frames", d.num_frames), ("data.sampling_rate", d.sampling_rate),
-                       ("data.stride", d.stride), ("data.crops", d.crops), ("hardware.batch_size", h.batch_size),
-                       ("hardware.queue_size", h.queue_size)):
+    for key, value in (
+        ("data.num_frames", d.num_frames),
+        ("data.sampling_rate", d.sampling_rate),
+        ("data.stride", d.stride),
+        ("data.crops", d.crops),
+        ("hardware.batch_size", h.batch_size),
+        ("hardware.queue_size", h.queue_size),
+    ):
         if value < 1:
             _fail(key, f"must be >= 1 (got {value})")
     if h.decode_workers < 0:
-        _fail("hardware.decode_workers", f"must be >= 1, or 0 for one per usable CPU (got {h.decode_workers})")
+        _fail(
+            "hardware.decode_workers", f"must be >= 1, or 0 for one per usable CPU (got {h.decode_workers})"
+        )
     if h.num_shards < (0 if h.launcher is Launcher.local else 1):
-        _fail("hardware.num_shards", f"must be >= 1 (0 = one per GPU with the local launcher; got {h.num_shards})")
+        _fail(
+            "hardware.num_shards",
+            f"must be >= 1 (0 = one per GPU with the local launcher; got {h.num_shards})",
+        )
     if m.alpha is not None and d.num_frames % m.alpha:
         _fail("data.num_frames", f"{d.num_frames} is not divisible by model.alpha={m.alpha}")
     if d.window is Window.centered and d.num_frames % 2:
@@ -259,7 +269,9 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
     if len(d.resize.size) != 2 or min(d.resize.size) < 1:
         _fail("data.resize.size", f"must be [width, height] >= 1 (got {list(d.resize.size)})")
     if d.resize.mode is ResizeMode.short_side and d.resize.crop > d.resize.short_side:
-        _fail("data.resize.crop", f"{d.resize.crop} is larger than data.resize.short_side={d.resize.short_side}")
+        _fail(
+            "data.resize.crop", f"{d.resize.crop} is larger than data.resize.short_side={d.resize.short_side}"
+        )
     if not Path(d.root).expanduser().is_dir():
         _fail("data.root", f"no such directory: {d.root}")
     if h.shard_index is not None and not 0 <= h.shard_index < h.num_shards:
@@ -272,7 +284,11 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
 
 def video_list_path(data: DataConfig) -> Path:
     """The list file: `data.video_list`, or `<root>/video_list.csv`."""
-    return Path(data.video_list).expanduser() if data.video_list else Path(data.root).expanduser() / "video_list.csv"
+    return (
+        Path(data.video_list).expanduser()
+        if data.video_list
+        else Path(data.root).expanduser() / "video_list.csv"
+    )
 
 
 def usable_cpus() -> int:

@@ -26,7 +26,16 @@ from pipeline.weights import WeightsError
 log = logging.getLogger("pipeline.extract")
 register_configs()
 
-EXPECTED_ERRORS = (ConfigError, api.RunError, CheckpointError, WeightsError, FileNotFoundError, PermissionError, RuntimeError, ValueError)
+EXPECTED_ERRORS = (
+    ConfigError,
+    api.RunError,
+    CheckpointError,
+    WeightsError,
+    FileNotFoundError,
+    PermissionError,
+    RuntimeError,
+    ValueError,
+)
 
 
 def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
@@ -38,8 +47,10 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
         return cfg
     except (FileNotFoundError, WeightsError):
         log.warning("=" * 78)
-        log.warning("DEMO ON RANDOM WEIGHTS: no cached checkpoint for %s; features are NOT meaningful.",
-                    cfg.model.name)
+        log.warning(
+            "DEMO ON RANDOM WEIGHTS: no cached checkpoint for %s; features are NOT meaningful.",
+            cfg.model.name,
+        )
         log.warning("Fetch real weights with: python scripts/download_weights.py %s", cfg.model.name)
         log.warning("=" * 78)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="random"))
@@ -54,7 +65,11 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
         return api.print_plan(cfg), {}
     output_dir = api.output_dir_of(cfg)
     if cfg.hardware.launcher is Launcher.inprocess:
-        shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(cfg.hardware.num_shards)
+        shards = (
+            [cfg.hardware.shard_index]
+            if cfg.hardware.shard_index is not None
+            else range(cfg.hardware.num_shards)
+        )
         summaries = [api.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
     else:
         from pipeline.launch import launch_run

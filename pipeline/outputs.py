@@ -81,7 +81,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         _fsync_dir(path.parent)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES):
+        if isinstance(error, OSError) and error.errno in (
+            errno.ENOSPC,
+            errno.EROFS,
+            errno.EDQUOT,
+            errno.EACCES,
+        ):
             raise OutputError(error.errno, f"cannot write {path}: {os.strerror(error.errno)}") from error
         raise
 
@@ -119,7 +124,9 @@ def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         # format 3.0 differs from 2.0 only in the header's text encoding (utf-8), same layout
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if fortran:
@@ -175,7 +182,9 @@ def read_manifest(manifest: Path) -> tuple[list[dict[str, Any]], list[ManifestPr
                 problems.append(ManifestProblem(manifest, number, f"not JSON ({error.msg})"))
                 continue
             if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
-                problems.append(ManifestProblem(manifest, number, "not a manifest record (needs key, path, status)"))
+                problems.append(
+                    ManifestProblem(manifest, number, "not a manifest record (needs key, path, status)")
+                )
                 continue
             records.append(record)
     return records, problems
@@ -234,8 +243,11 @@ def decide_resume(
     if outcome != "ok":
         return ResumeDecision(True, f"unknown outcome {outcome!r} in manifest")
     if record.get("settings") != settings:
-        changed = sorted(k for k in set(settings) | set(record.get("settings") or {})
-                         if (record.get("settings") or {}).get(k) != settings.get(k))
+        changed = sorted(
+            k
+            for k in set(settings) | set(record.get("settings") or {})
+            if (record.get("settings") or {}).get(k) != settings.get(k)
+        )
         return ResumeDecision(True, f"settings changed: {', '.join(changed)}")
     output = output_dir / str(record.get("output"))
     if not output.is_file():
@@ -266,7 +278,9 @@ class ShardLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise LockError(f"{self.path} is held by {holder}: another extraction is writing this shard") from None
+            raise LockError(
+                f"{self.path} is held by {holder}: another extraction is writing this shard"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")

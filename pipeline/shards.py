@@ -49,6 +49,13 @@ def shard_plan(entries: list[VideoEntry], num_shards: int, output_dir: Path) -> 
             log.warning("%s is unreadable; making a new shard plan", path)
     shards = shard_entries(entries, num_shards, work_weights(entries))
     plan = [[e.key for e in shard] for shard in shards]
-    outputs.save_json(path, {"num_shards": num_shards, "list_sha256": digest, "shards": plan,
-                             "weights": "duration from the container header, else file size in MB"})
+    outputs.save_json(
+        path,
+        {
+            "num_shards": num_shards,
+            "list_sha256": digest,
+            "shards": plan,
+            "weights": "duration from the container header, else file size in MB",
+        },
+    )
     return plan

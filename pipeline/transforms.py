@@ -36,7 +36,9 @@ def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
         raise ValueError(f"resize target must be >= 1 x 1 (got {width} x {height})")
     if image.shape[0] == height and image.shape[1] == width:
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, C, H, W), channels-last
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[
+        None
+    ]  # (1, C, H, W), channels-last
     out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
     return out[0].permute(1, 2, 0).contiguous().numpy()
 

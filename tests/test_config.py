@@ -112,8 +112,13 @@ def test_cli_help_lists_groups(tmp_path):
 
 def test_missing_zoo_checkpoint_names_the_fetch_command(tmp_path):
     (tmp_path / "video_list.csv").write_text("a.mp4\n")
-    done = run_extract(tmp_path, "model=slowfast_r50", "data=custom", f"data.root={tmp_path}",
-                       env={"SLOWFAST_WEIGHTS": str(tmp_path / "cache")})
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_r50",
+        "data=custom",
+        f"data.root={tmp_path}",
+        env={"SLOWFAST_WEIGHTS": str(tmp_path / "cache")},
+    )
     assert done.returncode == 2
     assert "python scripts/download_weights.py slowfast_r50" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -127,8 +132,14 @@ def test_a_checkpoint_for_another_architecture_is_refused_before_any_video(tmp_p
     checkpoint = tmp_path / "slow.pyth"
     torch.save({"model_state": build_model("slow_tiny").state_dict()}, checkpoint)
     (tmp_path / "video_list.csv").write_text("a.mp4\n")
-    done = run_extract(tmp_path, "model=slowfast_tiny", f"model.checkpoint={checkpoint}", "data=custom",
-                       f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}")
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_tiny",
+        f"model.checkpoint={checkpoint}",
+        "data=custom",
+        f"data.root={tmp_path}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     text = done.stdout + done.stderr
     assert done.returncode == 2 and str(checkpoint) in text and "missing" in text
     assert not (tmp_path / "out" / "manifests").exists()

@@ -158,8 +158,16 @@ def test_rows_keep_frame_order(tmp_path):
 
 def test_logits_and_top5_when_asked(video_root, tmp_path):
     out = tmp_path / "out"
-    done = run_extract(tmp_path, "model=slow_tiny", "model.checkpoint=random", "data=custom", "output.logits=true",
-                       f"data.root={video_root}", f"output_dir={out}", "output.hdf5=false")
+    done = run_extract(
+        tmp_path,
+        "model=slow_tiny",
+        "model.checkpoint=random",
+        "data=custom",
+        "output.logits=true",
+        f"data.root={video_root}",
+        f"output_dir={out}",
+        "output.hdf5=false",
+    )
     assert done.returncode == 1  # broken.mp4
     logits = np.load(out / "features" / "a.b_4.logits.npy")
     side = json.loads((out / "features" / "a.b_4.json").read_text())
@@ -177,8 +185,15 @@ def test_truncated_file_that_decodes_partly_is_kept_and_marked_partial(tmp_path)
     synth.write_truncated_copy(root / "full.mkv", root / "cut.mkv", 0.5)
     (root / "video_list.csv").write_text("full.mkv\ncut.mkv\n")
     out = tmp_path / "out"
-    done = run_extract(tmp_path, "model=slowfast_tiny", "model.checkpoint=random", "data=custom",
-                       f"data.root={root}", f"output_dir={out}", "output.hdf5=false")
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_tiny",
+        "model.checkpoint=random",
+        "data=custom",
+        f"data.root={root}",
+        f"output_dir={out}",
+        "output.hdf5=false",
+    )
     records = {r["key"]: r for r in read_manifest(out / "manifests" / "shard-0-of-1.jsonl")[0]}
     assert records["full"]["status"] == "ok" and records["full"]["partial"] is False
     cut = records["cut"]

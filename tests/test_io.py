@@ -244,7 +244,9 @@ def test_video_25_to_30_fps(media, ext, monkeypatch):
     frames = decode_all(path, fps=30)
     assert len(frames) == 59  # last input frame at 1.96 s
     assert numbers(frames) == [math.floor(k * 25 / 30 + 1e-9) for k in range(59)]
-    assert len(conversions) == len(set(numbers(frames))) == 49  # each used frame converted once, even if repeated
+    assert (
+        len(conversions) == len(set(numbers(frames))) == 49
+    )  # each used frame converted once, even if repeated
 
 
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])

@@ -13,8 +13,14 @@ def test_sweep_gives_one_output_dir_per_point_and_a_summary(tmp_path):
     write_video(root / "a.mp4", seconds=1.0)
     (root / "bad.mp4").write_bytes(b"nope")
     (root / "video_list.csv").write_text("a.mp4\n")
-    sweep = ("-m", "model=slowfast_tiny", "model.checkpoint=random", "data=custom", f"data.root={root}",
-             "data.num_frames=4,8")
+    sweep = (
+        "-m",
+        "model=slowfast_tiny",
+        "model.checkpoint=random",
+        "data=custom",
+        f"data.root={root}",
+        "data.num_frames=4,8",
+    )
     done = run_extract(tmp_path, *sweep, "hydra.sweep.dir=sweep")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for T in (4, 8):

@@ -51,10 +51,19 @@ def test_pipeline_features_equal_pyslowfast(tmp_path):
     write_video(root / "clip.mp4", size=(96, 72), fps=30, seconds=1.0)
     (root / "video_list.csv").write_text("clip.mp4\n")
     out = tmp_path / "out"
-    done = run_extract(tmp_path, "model=slowfast_r50", f"model.checkpoint={checkpoint}", "data=custom",
-                       f"data.root={root}", f"data.num_frames={T}", f"data.sampling_rate={TAU}",
-                       f"data.stride={STRIDE}", f"data.resize.size=[{CROP},{CROP}]", f"output_dir={out}",
-                       "output.hdf5=false")
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_r50",
+        f"model.checkpoint={checkpoint}",
+        "data=custom",
+        f"data.root={root}",
+        f"data.num_frames={T}",
+        f"data.sampling_rate={TAU}",
+        f"data.stride={STRIDE}",
+        f"data.resize.size=[{CROP},{CROP}]",
+        f"output_dir={out}",
+        "output.hdf5=false",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ours = np.load(out / "features" / f"clip_{T}.npy")
     with torch.no_grad():

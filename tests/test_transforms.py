@@ -77,7 +77,9 @@ def test_resize_does_not_depend_on_thread_count_or_layout():
         one = resize_bilinear(image, 113, 64)
         torch.set_num_threads(4)
         four = resize_bilinear(image, 113, 64)
-        strided = resize_bilinear(np.repeat(image, 2, axis=0)[::2], 113, 64)  # a non-contiguous view, same pixels
+        strided = resize_bilinear(
+            np.repeat(image, 2, axis=0)[::2], 113, 64
+        )  # a non-contiguous view, same pixels
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(one, four) and np.array_equal(one, strided)
