@@ -29,6 +29,7 @@ import logging
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,11 @@ def _ids(found: Scan) -> dict[str, str]:
 def _grid_offset(widths: dict[float, Counter[float]], settings: dict[str, Any]) -> tuple[float, float]:
     """(window span, centre offset of row 0) in frames, from the rows not clamped at the video ends."""
     if not widths:
-        span = (int(settings["num_frames"]) - 1) * int(settings["sampling_rate"]) + 1
+        frames = (int(settings["num_frames"]) - 1) * int(settings["sampling_rate"]) + 1
         log.warning(
-            "no feature rows to measure the window from; assuming a sliding window of %d frames", span
+            "no feature rows to measure the window from; assuming a sliding window of %d frames", frames
         )
-        return float(span), span / 2
+        return float(frames), frames / 2
     span = max(widths)
     offsets = widths[span]
     if len(offsets) > 1:
@@ -120,12 +121,12 @@ def export_actionformer(output_dir: Path, dest: Path) -> Path:
         feats = np.load(entry.features)
         if not len(feats):
             log.warning("%s has no rows: ActionFormer cannot use %s.npz", entry.key, vid)
-        outputs.atomic_write(dest / f"{vid}.npz", lambda f, feats=feats: np.savez(f, feats=feats))
+        outputs.atomic_write(dest / f"{vid}.npz", partial(np.savez, feats=feats))
         fps = float(sidecar["fps"])
         stamps = np.asarray(sidecar["timestamps"], dtype=np.float64).reshape(-1, 3)
-        width = np.round((stamps[:, 1] - stamps[:, 0]) * fps, 3)
-        offset = np.round(stamps[:, 2] * fps - np.arange(len(stamps)) * stride, 3)
-        for w, o in zip(width.tolist(), offset.tolist(), strict=True):
+        row_widths = np.round((stamps[:, 1] - stamps[:, 0]) * fps, 3)
+        row_offsets = np.round(stamps[:, 2] * fps - np.arange(len(stamps)) * stride, 3)
+        for w, o in zip(row_widths.tolist(), row_offsets.tolist(), strict=True):
             widths[w][o] += 1
         videos[vid] = {
             "key": entry.key,

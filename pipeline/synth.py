@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -138,6 +139,7 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options={**_codec_options(codec), **(options or {})})
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = stored
         stream.pix_fmt = pix_fmt or _default_pix_fmt(codec)
         stream.codec_context.time_base = time_base
@@ -171,7 +173,7 @@ def write_frame_folder(
     for i in range(n):
         path = folder / pattern.format(start + i)
         image = Image.fromarray(render_frame(i, size))
-        options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+        options: dict[str, Any] = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
         image.save(path, **options)
         paths.append(path)
     return paths
@@ -186,6 +188,7 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> None:
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / rate)).astype(np.float32)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.AudioStream)
         stream.layout = "mono"
         chunk = 4410
         for start in range(0, total, chunk):
@@ -215,12 +218,15 @@ def write_random_bytes(path: Path, n: int = 4096, seed: int = 0) -> None:
 
 
 # (relative path, writer arguments) of the demo set; the frame folder is added separately.
-DEMO_VIDEOS: tuple[tuple[str, dict], ...] = (
+DEMO_VIDEOS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("clip_h264.mp4", {"codec": "libx264", "size": (320, 240), "fps": 30, "seconds": 4.0}),
     ("clip_vp9.webm", {"codec": "libvpx-vp9", "size": (256, 144), "fps": 25, "seconds": 3.0}),
     ("clip_mpeg4.avi", {"codec": "mpeg4", "size": (160, 120), "fps": 24, "seconds": 2.0}),
 )
-DEMO_FRAMES = ("clip_frames", {"n": 45, "size": (128, 96), "pattern": "frame_{:010d}.jpg"})
+DEMO_FRAMES: tuple[str, dict[str, Any]] = (
+    "clip_frames",
+    {"n": 45, "size": (128, 96), "pattern": "frame_{:010d}.jpg"},
+)
 DEMO_LIST = "video_list.csv"
 
 

@@ -136,7 +136,7 @@ class VideoSource(FrameSource):
             # One decode iterator for the whole life of the source: frames PyAV has already pulled out
             # of the decoder stay in it (a second iterator would lose them, and re-flush at the end).
             self._decoded = container.decode(stream)
-            self._first = _first_frame(self.path, self._decoded)
+            self._first: av.VideoFrame | None = _first_frame(self.path, self._decoded)
         except BaseException:
             self.close()
             raise
