@@ -39,6 +39,9 @@ TEMP_MARK = ".tmp-"
 class OutputError(OSError):
     """A write to the output dir failed (disk full, read-only): the run cannot usefully go on."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # "cannot write <file>: <why>", without "[Errno N]"
+
 
 class LockError(RuntimeError):
     """Another process holds this shard's lock."""
@@ -79,6 +82,7 @@ def _fsync_file(path: Path) -> None:
 
 # numpy's `tofile` (np.save on a real file) reports a short write without an errno, counting items
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")  # h5py raises RuntimeError/OSError with HDF5's text
 _STOPPING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO)
 
 
@@ -91,9 +95,11 @@ def _free_bytes(directory: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _output_error(error: OSError, path: Path, temp: Path | None) -> OutputError | None:
+def _output_error(error: OSError | RuntimeError, path: Path, temp: Path | None) -> OutputError | None:
     """The one-line OutputError for a write that cannot succeed on a rerun alone, or None."""
-    code = error.errno
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and (hdf5 := _HDF5_ERRNO.search(str(error))):
+        code = int(hdf5.group(1))
     detail = ""
     short = _SHORT_WRITE.search(str(error)) if code is None else None
     if short:
@@ -111,7 +117,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
     On any failure the temp file is removed and `path` keeps its old content; a full disk, a quota,
     a read-only or unwritable folder raise OutputError naming `path` (numpy's errno-less short write
-    included). The one atomic-write routine of the package: every output file goes through here.
+    and h5py's errno-in-text included). The one atomic-write routine: every output file goes through it.
     """
     temp: Path | None = None
     try:
@@ -125,7 +131,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except BaseException as error:
         translated = None
-        if isinstance(error, OSError) and not isinstance(error, OutputError):
+        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, OutputError):
             translated = _output_error(error, path, temp)  # before the unlink: it looks at the free space
         if temp is not None:
             temp.unlink(missing_ok=True)
@@ -200,14 +206,21 @@ class ManifestProblem:
 
 
 def append_record(manifest: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (a record is either whole or absent after a crash)."""
-    manifest.parent.mkdir(parents=True, exist_ok=True)
+    """Append one JSON line and fsync it; a failed append (disk full) is cut off again, leaving no half line."""
     line = json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n"
     try:
-        with open(manifest, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with open(manifest, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(line.encode("utf-8"))
+                while rest:
+                    rest = rest[f.write(rest) :]
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)  # the next record must not run into a half line
+                raise
     except OSError as error:
         raise OutputError(error.errno or 0, f"cannot append to {manifest}: {error.strerror}") from error
 
@@ -319,8 +332,11 @@ class ShardLock:
         self._file: io.TextIOWrapper | None = None
 
     def acquire(self) -> ShardLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as error:
+            raise OutputError(error.errno or 0, f"cannot write {self.path}: {error.strerror}") from error
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -330,10 +346,15 @@ class ShardLock:
             raise LockError(
                 f"{self.path} is held by {holder}: another extraction is writing this shard"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")
+            f.flush()
+        except OSError as error:  # a full disk: give the lock up with the file
+            with contextlib.suppress(OSError):
+                f.close()
+            raise OutputError(error.errno or 0, f"cannot write {self.path}: {error.strerror}") from error
         self._file = f
         return self
 
