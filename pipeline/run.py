@@ -47,6 +47,9 @@ def stopping(error: outputs.OutputError) -> RunError:
     return RunError(f"stopping: {error} (a rerun of the same command continues from here)")
 
 
+# --- plan a run: the video list, this shard's part of it, a resume decision per video -----------
+
+
 def prepare_demo(cfg: ExtractConfig) -> None:
     """Make the demo videos on first use (data=demo only)."""
     if cfg.data.name == "demo":
@@ -64,22 +67,6 @@ def resolve_zoo_checkpoint(model: ModelConfig) -> Path:
     return path
 
 
-@dataclass
-class ShardSummary:
-    """Counts of one shard's run."""
-
-    shard: int
-    num_shards: int
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def shard_entries_of(
     cfg: ExtractConfig, entries: list[VideoEntry], shard_index: int, num_shards: int, output_dir: Path
 ) -> list[VideoEntry]:
@@ -91,159 +78,6 @@ def shard_entries_of(
     plan = shard_plan(entries, num_shards, output_dir)
     wanted = set(plan[shard_index])
     return [e for e in entries if e.key in wanted]
-
-
-def _manifest_record(
-    entry: VideoEntry, result: VideoResult | None, status: str, settings: dict[str, Any], **fields_: Any
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "key": entry.key,
-        "path": entry.rel,
-        "status": status,
-        "outcome": status,
-        "settings": settings,
-        "time": outputs.now_iso(),
-        "error": None,
-    }
-    if result is not None:
-        record.update(seconds=round(result.seconds, 3), frames=result.frames, error=result.error)
-    record.update(fields_)
-    return record
-
-
-def top_classes(logits: np.ndarray, names: tuple[str, ...] | None, k: int = 5) -> list[list[Any]]:
-    """The video's top-k classes by mean softmax over rows (and crops): [[index, name, probability], ...]."""
-    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
-    flat = np.exp(flat - flat.max(axis=1, keepdims=True))
-    mean = (flat / flat.sum(axis=1, keepdims=True)).mean(axis=0)
-    best = np.argsort(-mean, kind="stable")[:k]
-    return [[int(i), names[i] if names and i < len(names) else None, round(float(mean[i]), 6)] for i in best]
-
-
-def class_names(model_name: str) -> tuple[str, ...] | None:
-    """Class names of a model's classifier, when the package ships them."""
-    from pipeline.models.labels import load_labels
-    from pipeline.models.registry import get_spec
-
-    labels = get_spec(model_name).labels
-    return load_labels(labels) if labels else None
-
-
-def write_result(
-    output_dir: Path,
-    cfg: ExtractConfig,
-    config_data: dict[str, Any],
-    settings: dict[str, Any],
-    weights: WeightsInfo,
-    entry: VideoEntry,
-    result: VideoResult,
-) -> dict[str, Any]:
-    """Write one finished video's feature file, sidecar (and logits) atomically; return its manifest fields."""
-    T = cfg.data.num_frames
-    npy = output_dir / naming.feature_relpath(entry.key, T)
-    dtype = np.dtype(cfg.output.dtype.value)
-    timestamps = result.timestamps if result.timestamps is not None else np.zeros((0, 3))
-    dim = result.features.shape[-1] if result.features is not None else 0
-    shape = (0, dim) if result.features is None else result.features.shape
-    features = result.features.astype(dtype) if result.features is not None else np.zeros(shape, dtype)
-    outputs.save_array(npy, features)
-    logits_files, top5 = {}, {}
-    for head, values in (result.logits or {}).items():
-        rel = naming.logits_relpath(entry.key, T, head)
-        outputs.save_array(output_dir / rel, values.astype(np.float32))
-        logits_files[head] = rel
-        top5[head] = top_classes(values, class_names(cfg.model.name) if head == "logits" else None)
-    info = result.info
-    native_fps = info.native_fps if info else None
-    fps = cfg.data.fps or native_fps
-    sidecar = {
-        "video": entry.rel,
-        "key": entry.key,
-        "source": str(entry.path),
-        "kind": info.kind if info else None,
-        "shape": list(features.shape),
-        "rows": int(features.shape[0]),
-        "dim": int(dim),
-        "dtype": dtype.name,
-        "timestamps": np.round(timestamps, 6).tolist(),
-        "fps": fps,
-        "native_fps": native_fps,
-        "frames": result.frames,
-        "duration": round(result.frames * result.frame_duration, 6),
-        "width": info.width if info else None,
-        "height": info.height if info else None,
-        "rotation": info.rotation if info else None,
-        "codec": info.codec if info else None,
-        "decode_seconds": round(result.decode_seconds, 3),
-        "seconds": round(result.seconds, 3),
-        "settings": settings,
-        "model": cfg.model.name,
-        "checkpoint": {"path": weights.path, "sha256": weights.sha256, "random": weights.random},
-        "logits": logits_files or None,
-        "top5": top5 or None,
-        "package_version": pipeline.__version__,
-        "config": config_data,
-        "created": outputs.now_iso(),
-    }
-    outputs.save_json(output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
-    return {
-        "rows": int(features.shape[0]),
-        "dim": int(dim),
-        "output": naming.feature_relpath(entry.key, T),
-        "sha256": outputs.file_sha256(npy),
-        "size": npy.stat().st_size,
-        "partial": is_partial(result),
-    }
-
-
-def is_partial(result: VideoResult) -> bool:
-    """True when decoding stopped well before the container's stated duration (e.g. a truncated file)."""
-    header = result.info.duration if result.info else None
-    decoded = result.frames * result.frame_duration
-    return header is not None and header > 0 and decoded < 0.95 * header - 2 * result.frame_duration
-
-
-def remove_outputs(output_dir: Path, key: str, num_frames: int) -> None:
-    """Delete a video's old outputs (its recomputation failed: nothing stale may count as done)."""
-    sidecar = output_dir / naming.sidecar_relpath(key, num_frames)
-    extra: list[str] = []
-    if sidecar.is_file():
-        try:
-            extra = list((outputs.read_sidecar(sidecar).get("logits") or {}).values())
-        except (OSError, ValueError):
-            extra = []
-    for rel in (naming.feature_relpath(key, num_frames), *extra):
-        (output_dir / rel).unlink(missing_ok=True)
-    sidecar.unlink(missing_ok=True)
-
-
-class Progress:
-    """A tqdm bar over videos on a terminal; periodic log lines otherwise (Slurm logs)."""
-
-    def __init__(self, total: int, every_s: float = 30.0) -> None:
-        self.total, self.done, self.rows, self.every_s = total, 0, 0, every_s
-        self.started = self.last_log = time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="video", dynamic_ncols=True)
-
-    def update(self, rows: int) -> None:
-        self.done += 1
-        self.rows += rows
-        elapsed = time.perf_counter() - self.started
-        rate = self.rows / elapsed if elapsed > 0 else 0.0
-        if self.bar is not None:
-            self.bar.set_postfix(clips_s=f"{rate:.2f}")
-            self.bar.update(1)
-        elif time.perf_counter() - self.last_log >= self.every_s or self.done == self.total:
-            self.last_log = time.perf_counter()
-            log.info("progress: %d/%d videos, %d clips, %.2f clips/s", self.done, self.total, self.rows, rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def plan_run(
@@ -284,6 +118,74 @@ def plan_run(
         for e in entries
     }
     return output_dir, entries, decisions, settings
+
+
+def print_plan(cfg: ExtractConfig) -> int:
+    """dry_run=true: print videos, skip/recompute decisions, shards and the output dir; run nothing."""
+    num_shards = max(cfg.hardware.num_shards, 1)
+    print(f"output dir: {output_dir_of(cfg)}")
+    print(f"shards: {num_shards} ({cfg.hardware.launcher.value} launcher)")
+    counts: dict[str, int] = {}
+    shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(num_shards)
+    for shard in shards:
+        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
+        print(f"shard {shard}/{num_shards}: {len(entries)} videos")
+        for entry in entries:
+            decision = decisions[entry.key]
+            action = "FAIL" if entry.error else ("run" if decision.run else "skip")
+            reason = entry.error or decision.reason
+            counts[action] = counts.get(action, 0) + 1
+            print(f"  {action:4s} {entry.rel}  ({reason})")
+    print("plan: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
+    return 0
+
+
+# --- run one shard ------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardSummary:
+    """Counts of one shard's run."""
+
+    shard: int
+    num_shards: int
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress:
+    """A tqdm bar over videos on a terminal; periodic log lines otherwise (Slurm logs)."""
+
+    def __init__(self, total: int, every_s: float = 30.0) -> None:
+        self.total, self.done, self.rows, self.every_s = total, 0, 0, every_s
+        self.started = self.last_log = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="video", dynamic_ncols=True)
+
+    def update(self, rows: int) -> None:
+        self.done += 1
+        self.rows += rows
+        elapsed = time.perf_counter() - self.started
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.set_postfix(clips_s=f"{rate:.2f}")
+            self.bar.update(1)
+        elif time.perf_counter() - self.last_log >= self.every_s or self.done == self.total:
+            self.last_log = time.perf_counter()
+            log.info("progress: %d/%d videos, %d clips, %.2f clips/s", self.done, self.total, self.rows, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards: int = 1) -> ShardSummary:
@@ -407,6 +309,151 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
     return summary
 
 
+# --- write one result: feature file, logits, sidecar; its manifest record -----------------------
+
+
+def _manifest_record(
+    entry: VideoEntry, result: VideoResult | None, status: str, settings: dict[str, Any], **fields_: Any
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "key": entry.key,
+        "path": entry.rel,
+        "status": status,
+        "outcome": status,
+        "settings": settings,
+        "time": outputs.now_iso(),
+        "error": None,
+    }
+    if result is not None:
+        record.update(seconds=round(result.seconds, 3), frames=result.frames, error=result.error)
+    record.update(fields_)
+    return record
+
+
+def write_result(
+    output_dir: Path,
+    cfg: ExtractConfig,
+    config_data: dict[str, Any],
+    settings: dict[str, Any],
+    weights: WeightsInfo,
+    entry: VideoEntry,
+    result: VideoResult,
+) -> dict[str, Any]:
+    """Write one finished video's feature file, sidecar (and logits) atomically; return its manifest fields."""
+    T = cfg.data.num_frames
+    npy = output_dir / naming.feature_relpath(entry.key, T)
+    dtype = np.dtype(cfg.output.dtype.value)
+    timestamps = result.timestamps if result.timestamps is not None else np.zeros((0, 3))
+    dim = result.features.shape[-1] if result.features is not None else 0
+    shape = (0, dim) if result.features is None else result.features.shape
+    features = result.features.astype(dtype) if result.features is not None else np.zeros(shape, dtype)
+    outputs.save_array(npy, features)
+    logits_files, top5 = {}, {}
+    for head, values in (result.logits or {}).items():
+        rel = naming.logits_relpath(entry.key, T, head)
+        outputs.save_array(output_dir / rel, values.astype(np.float32))
+        logits_files[head] = rel
+        top5[head] = top_classes(values, class_names(cfg.model.name) if head == "logits" else None)
+    info = result.info
+    native_fps = info.native_fps if info else None
+    fps = cfg.data.fps or native_fps
+    sidecar = {
+        "video": entry.rel,
+        "key": entry.key,
+        "source": str(entry.path),
+        "kind": info.kind if info else None,
+        "shape": list(features.shape),
+        "rows": int(features.shape[0]),
+        "dim": int(dim),
+        "dtype": dtype.name,
+        "timestamps": np.round(timestamps, 6).tolist(),
+        "fps": fps,
+        "native_fps": native_fps,
+        "frames": result.frames,
+        "duration": round(result.frames * result.frame_duration, 6),
+        "width": info.width if info else None,
+        "height": info.height if info else None,
+        "rotation": info.rotation if info else None,
+        "codec": info.codec if info else None,
+        "decode_seconds": round(result.decode_seconds, 3),
+        "seconds": round(result.seconds, 3),
+        "settings": settings,
+        "model": cfg.model.name,
+        "checkpoint": {"path": weights.path, "sha256": weights.sha256, "random": weights.random},
+        "logits": logits_files or None,
+        "top5": top5 or None,
+        "package_version": pipeline.__version__,
+        "config": config_data,
+        "created": outputs.now_iso(),
+    }
+    outputs.save_json(output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
+    return {
+        "rows": int(features.shape[0]),
+        "dim": int(dim),
+        "output": naming.feature_relpath(entry.key, T),
+        "sha256": outputs.file_sha256(npy),
+        "size": npy.stat().st_size,
+        "partial": is_partial(result),
+    }
+
+
+def top_classes(logits: np.ndarray, names: tuple[str, ...] | None, k: int = 5) -> list[list[Any]]:
+    """The video's top-k classes by mean softmax over rows (and crops): [[index, name, probability], ...]."""
+    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    flat = np.exp(flat - flat.max(axis=1, keepdims=True))
+    mean = (flat / flat.sum(axis=1, keepdims=True)).mean(axis=0)
+    best = np.argsort(-mean, kind="stable")[:k]
+    return [[int(i), names[i] if names and i < len(names) else None, round(float(mean[i]), 6)] for i in best]
+
+
+def class_names(model_name: str) -> tuple[str, ...] | None:
+    """Class names of a model's classifier, when the package ships them."""
+    from pipeline.models.labels import load_labels
+    from pipeline.models.registry import get_spec
+
+    labels = get_spec(model_name).labels
+    return load_labels(labels) if labels else None
+
+
+def is_partial(result: VideoResult) -> bool:
+    """True when decoding stopped well before the container's stated duration (e.g. a truncated file)."""
+    header = result.info.duration if result.info else None
+    decoded = result.frames * result.frame_duration
+    return header is not None and header > 0 and decoded < 0.95 * header - 2 * result.frame_duration
+
+
+def remove_outputs(output_dir: Path, key: str, num_frames: int) -> None:
+    """Delete a video's old outputs (its recomputation failed: nothing stale may count as done)."""
+    sidecar = output_dir / naming.sidecar_relpath(key, num_frames)
+    extra: list[str] = []
+    if sidecar.is_file():
+        try:
+            extra = list((outputs.read_sidecar(sidecar).get("logits") or {}).values())
+        except (OSError, ValueError):
+            extra = []
+    for rel in (naming.feature_relpath(key, num_frames), *extra):
+        (output_dir / rel).unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+
+
+# --- finish the run: HDF5, run record, summary --------------------------------------------------
+
+
+def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
+    """Write features.h5 for the run (output.hdf5=true); a failure is logged (features stay), a full
+    disk stops the run."""
+    from pipeline.consolidate import ConsolidateError, consolidate
+
+    compression = cfg.output.hdf5_compression.value if cfg.output.hdf5_compression else None
+    try:
+        return consolidate([output_dir], layout=cfg.output.hdf5_layout.value, compression=compression)
+    except ConsolidateError as error:
+        log.error("consolidation failed: %s", error)
+        return None
+    except outputs.OutputError as error:
+        raise stopping(error) from error
+
+
 def environment_record() -> dict[str, Any]:
     """Versions and host facts recorded for every run."""
     import platform
@@ -438,41 +485,6 @@ def environment_record() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "pid": os.getpid(),
     }
-
-
-def print_plan(cfg: ExtractConfig) -> int:
-    """dry_run=true: print videos, skip/recompute decisions, shards and the output dir; run nothing."""
-    num_shards = max(cfg.hardware.num_shards, 1)
-    print(f"output dir: {output_dir_of(cfg)}")
-    print(f"shards: {num_shards} ({cfg.hardware.launcher.value} launcher)")
-    counts: dict[str, int] = {}
-    shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(num_shards)
-    for shard in shards:
-        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
-        print(f"shard {shard}/{num_shards}: {len(entries)} videos")
-        for entry in entries:
-            decision = decisions[entry.key]
-            action = "FAIL" if entry.error else ("run" if decision.run else "skip")
-            reason = entry.error or decision.reason
-            counts[action] = counts.get(action, 0) + 1
-            print(f"  {action:4s} {entry.rel}  ({reason})")
-    print("plan: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
-    return 0
-
-
-def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
-    """Write features.h5 for the run (output.hdf5=true); a failure is logged (features stay), a full
-    disk stops the run."""
-    from pipeline.consolidate import ConsolidateError, consolidate
-
-    compression = cfg.output.hdf5_compression.value if cfg.output.hdf5_compression else None
-    try:
-        return consolidate([output_dir], layout=cfg.output.hdf5_layout.value, compression=compression)
-    except ConsolidateError as error:
-        log.error("consolidation failed: %s", error)
-        return None
-    except outputs.OutputError as error:
-        raise stopping(error) from error
 
 
 def finish_run(
