@@ -14,7 +14,7 @@ Layout of the HDF5 file (default `<first output dir>/features.h5`):
     /.attrs             model, checkpoint_sha256, checkpoint_random, every extraction setting flattened
                         with dots ("resize.mode"; null -> "null", lists -> arrays or JSON text),
                         package_version, consolidated_by, created, layout, compression, num_videos,
-                        num_failed, settings_hash
+                        num_failed
 A key keeps its slashes as nested HDF5 groups: "P01/videos/P01_01" is group P01 > videos > P01_01.
 Keys whose first part is `_config` or `_failed` are refused.
 
@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,16 +48,7 @@ import h5py
 import numpy as np
 import yaml
 
-from pipeline import __version__, outputs
-
-try:
-    from pipeline.naming import hdf5_group_name
-except ImportError:  # pragma: no cover - TODO: remove once pipeline.naming is everywhere
-
-    def hdf5_group_name(key: str) -> str:
-        """HDF5 path of a video: its key, slashes kept as groups."""
-        return key
-
+from pipeline import __version__, naming, outputs
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +57,7 @@ COMPRESSIONS = ("gzip", "lzf")
 RESERVED_NAMES = ("_config", "_failed")
 FEATURE_DTYPES = ("float32", "float16")
 EFILE_PREFIX = "${ORIGIN}"
-DEFAULT_NAME = "features.h5"
+DEFAULT_NAME = naming.HDF5_NAME
 CHUNK_BYTES = 1 << 20  # target size of one HDF5 chunk
 BLOCK_BYTES = 64 << 20  # most bytes of one video held in memory while copying
 
@@ -112,7 +102,6 @@ class Scan:
     checkpoint_sha256: str | None = None
     checkpoint_random: bool | None = None
     package_versions: set[str] = field(default_factory=set)
-    settings_hashes: set[str] = field(default_factory=set)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by JSON digest, first seen first
 
 
@@ -176,7 +165,7 @@ def _check_video(sidecar_path: Path, sidecar: Mapping[str, Any], output_dir: Pat
     for name in ("key", "settings", "timestamps"):
         if name not in sidecar:
             raise ConsolidateError(f"{sidecar_path}: sidecar has no {name!r} field")
-    features = sidecar_path.with_suffix(".npy")
+    features = Path(naming.feature_of_sidecar(str(sidecar_path)))
     if not features.is_file():
         raise ConsolidateError(f"{features}: feature file missing (its sidecar exists)")
     try:
@@ -199,9 +188,7 @@ def _check_video(sidecar_path: Path, sidecar: Mapping[str, Any], output_dir: Pat
     heads = sidecar.get("logits") or {}
     if not isinstance(heads, Mapping):
         raise ConsolidateError(f"{sidecar_path}: 'logits' must map head names to files")
-    logits = {
-        ("logits" if head == "logits" else f"logits_{head}"): output_dir / rel for head, rel in heads.items()
-    }
+    logits = {naming.hdf5_logits_name(head): output_dir / rel for head, rel in heads.items()}
     for path in logits.values():
         if not path.is_file():
             raise ConsolidateError(f"{path}: logits file missing (listed in {sidecar_path.name})")
@@ -244,8 +231,6 @@ def _note_shared(result: Scan, sidecar_path: Path, sidecar: Mapping[str, Any], s
         result.problems.append(message)
     if sidecar.get("package_version"):
         result.package_versions.add(str(sidecar["package_version"]))
-    if sidecar.get("settings_hash"):
-        result.settings_hashes.add(str(sidecar["settings_hash"]))
     config = sidecar.get("config")
     if config is not None:
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
@@ -261,7 +246,10 @@ def scan(output_dirs: Sequence[Path], *, strict: bool = True) -> Scan:
     result = Scan()
     seen: dict[str, Path] = {}
     for output_dir in map(Path, output_dirs):
-        if not (output_dir / "features").is_dir() and not (output_dir / "manifests").is_dir():
+        if (
+            not (output_dir / naming.FEATURES_DIR).is_dir()
+            and not (output_dir / naming.MANIFESTS_DIR).is_dir()
+        ):
             raise ConsolidateError(f"{output_dir}: not an output dir (no features/ or manifests/ folder)")
         latest, bad_lines = outputs.latest_records(output_dir)
         for bad in bad_lines:
@@ -275,7 +263,7 @@ def scan(output_dirs: Sequence[Path], *, strict: bool = True) -> Scan:
                 if record is not None and _outcome(record) != "ok":
                     log.info("skipping %s: the video's newest record is %s", sidecar_path, _outcome(record))
                     continue
-                relative = sidecar_path.with_suffix(".npy").relative_to(output_dir).as_posix()
+                relative = naming.feature_of_sidecar(sidecar_path.relative_to(output_dir).as_posix())
                 if record is not None and record.get("output") and record["output"] != relative:
                     log.info("skipping %s: superseded by %s", sidecar_path, record["output"])
                     continue
@@ -397,7 +385,7 @@ def _write_video(
     h5: h5py.File, entry: VideoEntry, layout: str, compression: str | None, h5_dir: Path
 ) -> None:
     sidecar = outputs.read_sidecar(entry.sidecar)
-    name = hdf5_group_name(entry.key)
+    name = naming.hdf5_group_name(entry.key)
     try:
         group = h5.require_group(name)  # may exist already as the parent of another key ("P01" and "P01/x")
     except (TypeError, ValueError) as error:
@@ -430,7 +418,6 @@ def _write_file_metadata(h5: h5py.File, found: Scan, layout: str, compression: s
     attrs["checkpoint_random"] = attribute_value(found.checkpoint_random)
     attrs["package_version"] = ", ".join(sorted(found.package_versions)) or "null"
     attrs["consolidated_by"] = __version__
-    attrs["settings_hash"] = ", ".join(sorted(found.settings_hashes)) or "null"
     attrs["layout"] = layout
     attrs["compression"] = compression or "none"
     attrs["num_videos"] = len(found.videos)
@@ -480,28 +467,12 @@ def consolidate(
     if not found.videos:
         failed = f" ({len(found.failed)} failed video(s))" if found.failed else ""
         raise ConsolidateError(f"{', '.join(map(str, output_dirs))}: no features to consolidate{failed}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}{outputs.TEMP_MARK}", dir=dest.parent)
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        with h5py.File(temp, "w") as h5:
-            _write_file_metadata(h5, found, layout_name, compression_name)
-            for number, entry in enumerate(found.videos, start=1):
-                _write_video(h5, entry, layout_name, compression_name, dest.parent)
-                if number % 500 == 0:
-                    log.info("consolidated %d/%d videos", number, len(found.videos))
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, dest)
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with outputs.atomic_file(dest) as temp, h5py.File(temp, "w") as h5:
+        _write_file_metadata(h5, found, layout_name, compression_name)
+        for number, entry in enumerate(found.videos, start=1):
+            _write_video(h5, entry, layout_name, compression_name, dest.parent)
+            if number % 500 == 0:
+                log.info("consolidated %d/%d videos", number, len(found.videos))
     log.info(
         "wrote %s: %d videos (%s layout), %d failed", dest, len(found.videos), layout_name, len(found.failed)
     )
@@ -537,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dest = consolidate(args.output_dirs, args.output, layout=args.layout, compression=args.compression)
-    except ConsolidateError as error:
+    except (ConsolidateError, outputs.OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(dest)

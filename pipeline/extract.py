@@ -10,13 +10,15 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import api
+from pipeline import run
+from pipeline.assemble import as_object, output_dir_of
 from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
@@ -28,7 +30,7 @@ register_configs()
 
 EXPECTED_ERRORS = (
     ConfigError,
-    api.RunError,
+    run.RunError,
     CheckpointError,
     WeightsError,
     FileNotFoundError,
@@ -43,7 +45,7 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
     if cfg.data.name != "demo" or cfg.model.checkpoint != "zoo":
         return cfg
     try:
-        api.resolve_zoo_checkpoint(cfg.model)
+        run.resolve_zoo_checkpoint(cfg.model)
         return cfg
     except (FileNotFoundError, WeightsError):
         log.warning("=" * 78)
@@ -58,28 +60,29 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
 
 def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
     """Run the configured extraction; returns the exit status (0 ok, 1 a video failed) and the run's totals."""
-    api.prepare_demo(cfg)
-    validate(cfg)
+    run.prepare_demo(cfg)
+    validate(cfg)  # the one validation: shards and jobs trust it
     cfg = demo_weights(cfg)
     if cfg.dry_run:
-        return api.print_plan(cfg), {}
-    output_dir = api.output_dir_of(cfg)
+        return run.print_plan(cfg), {}
+    output_dir = output_dir_of(cfg)
     if cfg.hardware.launcher is Launcher.inprocess:
         shards = (
             [cfg.hardware.shard_index]
             if cfg.hardware.shard_index is not None
             else range(cfg.hardware.num_shards)
         )
-        summaries = [api.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
+        summaries = [run.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
     else:
         from pipeline.launch import launch_run
 
-        summaries = launch_run(cfg, output_dir)
-        if summaries is None:  # submitted without waiting (hardware.wait=false)
+        launched = launch_run(cfg, output_dir)
+        if launched is None:  # submitted without waiting (hardware.wait=false)
             return 0, {"output_dir": str(output_dir), "submitted": True}
+        summaries = launched
     complete = cfg.hardware.shard_index is None
-    h5 = api.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
-    report = api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
+    h5 = run.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
+    report = run.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
     return (1 if report["totals"]["failed"] else 0), report
 
 
@@ -89,9 +92,10 @@ def main(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode is RunMode.MULTIRUN
     job_dir = Path(hydra_cfg.runtime.output_dir)
-    error, report = None, {}
+    error: str | None = None
+    report: dict[str, Any] = {}
     try:
-        status, report = extract(api.as_object(cfg), job_dir)
+        status, report = extract(as_object(cfg), job_dir)
     except EXPECTED_ERRORS as caught:
         error = describe_error(caught)
         log.error("%s", error)

@@ -28,7 +28,7 @@ from submitit.core.utils import JobPaths, pickle_load
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Any, int, int], Any]
-"""run_fn(cfg, shard_index, num_shards) -> the shard's summary (pipeline.api.run_shard)."""
+"""run_fn(cfg, shard_index, num_shards) -> the shard's summary (pipeline.run.run_shard)."""
 ConsolidateFn = Callable[[Any, list["ShardOutcome"]], Any]
 """consolidate_fn(cfg, outcomes): runs after every shard has ended (Slurm, hardware.wait=false)."""
 
@@ -68,7 +68,7 @@ def _setup_job_logging() -> None:
 
 
 def _default_run_fn(cfg: Any, shard_index: int, num_shards: int) -> Any:
-    from pipeline.api import run_shard
+    from pipeline.run import run_shard
 
     return run_shard(cfg, shard_index, num_shards)
 
@@ -691,19 +691,19 @@ def shard_count(hw: Any) -> int:
 
 def shards_to_run(cfg: Any, num_shards: int) -> tuple[list[int], list[Any]]:
     """The wanted shards that still have videos to extract, and summaries of those with nothing to do."""
-    from pipeline import api
+    from pipeline.run import ShardSummary, plan_run
 
     hw = cfg.hardware
     wanted = [hw.shard_index] if hw.shard_index is not None else list(range(num_shards))
     todo: list[int] = []
     complete: list[Any] = []
     for shard in wanted:
-        _, entries, decisions, _ = api.plan_run(cfg, shard, num_shards)
+        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
         if any(decisions[e.key].run for e in entries if not e.error):
             todo.append(shard)
         else:
             errors = sum(bool(e.error) for e in entries)
-            complete.append(api.ShardSummary(shard, num_shards, failed=errors, skipped=len(entries) - errors))
+            complete.append(ShardSummary(shard, num_shards, failed=errors, skipped=len(entries) - errors))
     return todo, complete
 
 
@@ -712,17 +712,19 @@ def _failed_shards_line(failed: Sequence[ShardOutcome]) -> str:
     return f"{len(failed)} shard(s) failed: {where}; rerun the same command to retry them"
 
 
-def finish_detached(cfg: Any, outcomes: list[ShardOutcome], *, output_dir: str, complete: list[Any]) -> int:
+def finish_detached(
+    cfg: Any, outcomes: list[ShardOutcome], *, output_dir: str, complete: list[Any]
+) -> dict[str, Any]:
     """The consolidation job of a run submitted without waiting: HDF5 + run record, like a waiting run."""
-    from pipeline import api
+    from pipeline.run import consolidate_outputs, finish_run
 
     failed = [o for o in outcomes if not o.ok]
     if failed:
         raise LaunchError(f"not consolidating: {_failed_shards_line(failed)}")
     summaries = sorted([*complete, *(o.result for o in outcomes)], key=lambda s: s.shard)
     out = Path(output_dir)
-    h5 = api.consolidate_outputs(cfg, out) if cfg.output.hdf5 and cfg.hardware.shard_index is None else None
-    return api.finish_run(cfg, out, summaries, None, h5)
+    h5 = consolidate_outputs(cfg, out) if cfg.output.hdf5 and cfg.hardware.shard_index is None else None
+    return finish_run(cfg, out, summaries, None, h5)
 
 
 def _with_num_shards(cfg: Any, num_shards: int) -> Any:

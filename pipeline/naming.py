@@ -29,9 +29,14 @@ VIDEO_EXTENSIONS = (
     ".mts",
 )  # compared case-insensitively
 
+OUTPUTS_ROOT = "outputs"  # default parent of run directories, relative to the working directory
 FEATURES_DIR = "features"
 MANIFESTS_DIR = "manifests"
 LOCKS_DIR = "locks"
+RUNS_DIR = "runs"
+SHARD_PLAN = "shards.json"
+HDF5_NAME = "features.h5"
+MANIFEST_GLOB = f"{MANIFESTS_DIR}/shard-*-of-*.jsonl"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_SUFFIX = 48
@@ -87,6 +92,23 @@ def sidecar_relpath(key: str, num_frames: int) -> str:
     return feature_relpath(key, num_frames)[: -len(".npy")] + ".json"
 
 
+def logits_relpath(key: str, num_frames: int, head: str) -> str:
+    """Logits of one classifier head: the feature file's stem + ".<head>.npy"."""
+    return feature_relpath(key, num_frames)[: -len(".npy")] + f".{head}.npy"
+
+
+def feature_of_sidecar(sidecar: str) -> str:
+    """The feature file a sidecar describes (the same stem, ".npy"); works on paths too."""
+    if not sidecar.endswith(".json"):
+        raise ValueError(f"not a sidecar name: {sidecar!r}")
+    return sidecar[: -len(".json")] + ".npy"
+
+
+def run_record_relpath(stamp: str, pid: int) -> str:
+    """Record of one invocation: "runs/<stamp>-<pid>.json" (the stamp made file-name safe)."""
+    return f"{RUNS_DIR}/{stamp.replace(':', '-')}-{pid}.json"
+
+
 def _shard_name(shard_index: int, num_shards: int) -> str:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index must be in [0, {num_shards}) with num_shards >= 1, got {shard_index}")
@@ -101,6 +123,11 @@ def manifest_relpath(shard_index: int, num_shards: int) -> str:
 def lock_relpath(shard_index: int, num_shards: int) -> str:
     """Per-shard lock file: "locks/shard-{i}-of-{N}.lock", i counted from 0."""
     return f"{LOCKS_DIR}/{_shard_name(shard_index, num_shards)}.lock"
+
+
+def hdf5_logits_name(head: str) -> str:
+    """Dataset of a head's logits in a video's HDF5 group: "logits", or "logits_<head>" for other heads."""
+    return "logits" if head == "logits" else f"logits_{head}"
 
 
 def hdf5_group_name(key: str) -> str:

@@ -10,6 +10,7 @@ Layout of an output dir (names come from `pipeline.naming`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -19,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from pipeline import naming
+
 log = logging.getLogger(__name__)
 
 TEMP_MARK = ".tmp-"
@@ -34,6 +38,9 @@ TEMP_MARK = ".tmp-"
 
 class OutputError(OSError):
     """A write to the output dir failed (disk full, read-only): the run cannot usefully go on."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # "cannot write <file>: <why>", without "[Errno N]"
 
 
 class LockError(RuntimeError):
@@ -68,27 +75,75 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+# numpy's `tofile` (np.save on a real file) reports a short write without an errno, counting items
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")  # h5py raises RuntimeError/OSError with HDF5's text
+_STOPPING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO)
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes this process may still write on the filesystem of `directory` (0 when unknown)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_name, path)
+        stat = os.statvfs(directory)
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
+
+
+def _output_error(error: OSError | RuntimeError, path: Path, temp: Path | None) -> OutputError | None:
+    """The one-line OutputError for a write that cannot succeed on a rerun alone, or None."""
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and (hdf5 := _HDF5_ERRNO.search(str(error))):
+        code = int(hdf5.group(1))
+    detail = ""
+    short = _SHORT_WRITE.search(str(error)) if code is None else None
+    if short:
+        unwritten = int(short.group(1)) - int(short.group(2))  # items: at most the bytes missing
+        code = errno.ENOSPC if _free_bytes((temp or path).parent) < unwritten else errno.EIO
+        detail = f" (short write: {short.group(0)})"
+    if code not in _STOPPING_ERRNOS:
+        return None
+    return OutputError(code, f"cannot write {path}: {os.strerror(code)}{detail}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temp path beside `path` to write; on success it is fsynced and renamed over `path`.
+
+    On any failure the temp file is removed and `path` keeps its old content; a full disk, a quota,
+    a read-only or unwritable folder raise OutputError naming `path` (numpy's errno-less short write
+    and h5py's errno-in-text included). The one atomic-write routine: every output file goes through it.
+    """
+    temp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+        os.close(fd)
+        temp = Path(temp_name)
+        yield temp
+        _fsync_file(temp)
+        os.replace(temp, path)
         _fsync_dir(path.parent)
     except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (
-            errno.ENOSPC,
-            errno.EROFS,
-            errno.EDQUOT,
-            errno.EACCES,
-        ):
-            raise OutputError(error.errno, f"cannot write {path}: {os.strerror(error.errno)}") from error
+        translated = None
+        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, OutputError):
+            translated = _output_error(error, path, temp)  # before the unlink: it looks at the free space
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        if translated is not None:
+            raise translated from error
         raise
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
+    with atomic_file(path) as temp, open(temp, "wb") as f:
+        write(f)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -105,7 +160,7 @@ def save_json(path: Path, data: Any) -> None:
 def clean_stale_temps(output_dir: Path) -> int:
     """Remove temp files left by a killed process; returns how many."""
     removed = 0
-    for sub in ("features", "manifests", "runs", ""):
+    for sub in (naming.FEATURES_DIR, naming.MANIFESTS_DIR, naming.RUNS_DIR, ""):
         base = output_dir / sub
         if not base.is_dir():
             continue
@@ -151,14 +206,21 @@ class ManifestProblem:
 
 
 def append_record(manifest: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (a record is either whole or absent after a crash)."""
-    manifest.parent.mkdir(parents=True, exist_ok=True)
+    """Append one JSON line and fsync it; a failed append (disk full) is cut off again, leaving no half line."""
     line = json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n"
     try:
-        with open(manifest, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with open(manifest, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(line.encode("utf-8"))
+                while rest:
+                    rest = rest[f.write(rest) :]
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)  # the next record must not run into a half line
+                raise
     except OSError as error:
         raise OutputError(error.errno or 0, f"cannot append to {manifest}: {error.strerror}") from error
 
@@ -192,7 +254,7 @@ def read_manifest(manifest: Path) -> tuple[list[dict[str, Any]], list[ManifestPr
 
 def manifest_files(output_dir: Path) -> list[Path]:
     """Every shard manifest of an output dir, sorted."""
-    return sorted((output_dir / "manifests").glob("shard-*-of-*.jsonl"))
+    return sorted(output_dir.glob(naming.MANIFEST_GLOB))
 
 
 def latest_records(output_dir: Path) -> tuple[dict[str, dict[str, Any]], list[ManifestProblem]]:
@@ -270,8 +332,11 @@ class ShardLock:
         self._file: io.TextIOWrapper | None = None
 
     def acquire(self) -> ShardLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as error:
+            raise OutputError(error.errno or 0, f"cannot write {self.path}: {error.strerror}") from error
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -281,10 +346,15 @@ class ShardLock:
             raise LockError(
                 f"{self.path} is held by {holder}: another extraction is writing this shard"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename} since {now_iso()}\n")
+            f.flush()
+        except OSError as error:  # a full disk: give the lock up with the file
+            with contextlib.suppress(OSError):
+                f.close()
+            raise OutputError(error.errno or 0, f"cannot write {self.path}: {error.strerror}") from error
         self._file = f
         return self
 
@@ -303,7 +373,9 @@ class ShardLock:
 
 def iter_sidecars(output_dir: Path) -> Iterator[Path]:
     """Every sidecar JSON under features/, sorted."""
-    yield from sorted(p for p in (output_dir / "features").rglob("*.json") if TEMP_MARK not in p.name)
+    yield from sorted(
+        p for p in (output_dir / naming.FEATURES_DIR).rglob("*.json") if TEMP_MARK not in p.name
+    )
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline import outputs
+from pipeline import naming, outputs
 from pipeline.videolist import VideoEntry, shard_entries
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def work_weights(entries: list[VideoEntry]) -> dict[str, float]:
 
 def shard_plan(entries: list[VideoEntry], num_shards: int, output_dir: Path) -> list[list[str]]:
     """Keys per shard; reuses `<output_dir>/shards.json` when it was made for the same list and count."""
-    path = output_dir / "shards.json"
+    path = output_dir / naming.SHARD_PLAN
     digest = list_digest(entries)
     if path.is_file():
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.naming import VIDEO_EXTENSIONS, has_video_extension, video_key
+from pipeline.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +205,7 @@ def format_video_list(paths: Iterable[str]) -> str:
 
 
 def write_video_list(paths: Iterable[str], out_path: Path) -> int:
-    """Write a video list atomically (temporary file + rename); returns the number of paths written."""
+    """Write a video list atomically (outputs.atomic_write); returns the number of paths written."""
     text = format_video_list(paths)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(Path(out_path), lambda f: f.write(text.encode("utf-8")))
     return text.count("\n")

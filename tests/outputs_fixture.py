@@ -7,8 +7,6 @@ Files are written with `pipeline.outputs` (atomic npy/JSON writes, manifest appe
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -95,7 +93,6 @@ def make_output_dir(
     num_frames = settings["num_frames"]
     fps = float(settings["fps"])
     config = {"model": {"name": settings["model"]}, "data": {"root": "/data/videos"}, "output_dir": str(root)}
-    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     (root / "runs").mkdir(parents=True, exist_ok=True)
     outputs.save_json(
         root / "runs" / "20250101-000000.json", {"started": outputs.now_iso(), "config": config}
@@ -130,7 +127,6 @@ def make_output_dir(
             "decode_seconds": 0.5,
             "seconds": 1.0,
             "settings": settings,
-            "settings_hash": settings_hash,
             "model": settings["model"],
             "checkpoint": {
                 "path": "/ckpt/model.pyth",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from pipeline.api import compose_config, output_dir_of
+from pipeline.api import compose_config
+from pipeline.assemble import as_object, output_dir_of
 from pipeline.config import ConfigError, validate
 from pipeline.models.registry import get_spec, list_models
 from tests.helpers import run_extract
@@ -66,9 +67,9 @@ def test_typo_and_wrong_type_fail_at_compose(tmp_path):
 
 
 def test_stable_output_dir_names(tmp_path):
-    base = output_dir_of(__import__("pipeline.api").api.as_object(_cfg(tmp_path)), base=tmp_path)
+    base = output_dir_of(as_object(_cfg(tmp_path)), base=tmp_path)
     assert base == tmp_path / "outputs" / "custom" / "slowfast_tiny_8x1_s8"
-    other = __import__("pipeline.api").api.as_object(_cfg(tmp_path, "data.fps=30", "data.stride=4"))
+    other = as_object(_cfg(tmp_path, "data.fps=30", "data.stride=4"))
     assert output_dir_of(other, base=tmp_path).name == "slowfast_tiny_8x1_s4_fps30"
 
 

@@ -27,6 +27,7 @@ from pipeline.consolidate import (
     read_failed,
     video_keys,
 )
+from tests.helpers import small_filesystem
 from tests.outputs_fixture import CHECKPOINT_SHA256, default_settings, make_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,6 +252,32 @@ def test_cli_writes_and_reports_errors(
     (tmp_path / "nothing" / "features").mkdir(parents=True)
     assert main([str(tmp_path / "nothing")]) == 1
     assert "no features to consolidate" in capsys.readouterr().err
+
+
+def test_full_disk_is_one_line_from_the_cli_and_leaves_no_half_file(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with small_filesystem(tmp_path / "small", "64k") as small:
+        dest = small / "big.h5"
+        assert main([str(run_dir), "-o", str(dest)]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == f"error: cannot write {dest}: No space left on device"
+        assert list(small.iterdir()) == []
+
+
+def test_a_write_error_of_hdf5_is_an_output_error_without_a_temp_file(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.consolidate as module
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "Can't synchronously write data (file write failed: errno = 28)")
+
+    monkeypatch.setattr(module, "_write_video", full_disk)
+    dest = tmp_path / "out" / "f.h5"
+    with pytest.raises(outputs.OutputError, match=f"cannot write {dest}: No space left on device"):
+        consolidate([run_dir], dest)
+    assert list(dest.parent.iterdir()) == []
 
 
 def test_memory_stays_flat_with_many_videos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline import naming
 from pipeline.naming import (
     VIDEO_EXTENSIONS,
     feature_relpath,
@@ -127,3 +128,22 @@ def test_run_dir_name_rejects_bad_numbers():
         run_dir_name("d", "m", 8, 8, 0)
     with pytest.raises(ValueError, match="sampling_rate"):
         run_dir_name("d", "m", 8, -1, 8)
+
+
+def test_logits_sidecar_and_feature_names_share_one_stem():
+    assert naming.logits_relpath("P01/a.b", 32, "verb") == "features/P01/a.b_32.verb.npy"
+    assert naming.feature_of_sidecar(naming.sidecar_relpath("P01/a.b", 32)) == naming.feature_relpath(
+        "P01/a.b", 32
+    )
+    assert naming.feature_of_sidecar("/abs/out/features/x_8.json") == "/abs/out/features/x_8.npy"
+    with pytest.raises(ValueError, match="not a sidecar"):
+        naming.feature_of_sidecar("features/x_8.npy")
+
+
+def test_run_record_and_hdf5_names():
+    assert (
+        naming.run_record_relpath("2026-01-02T03:04:05+01:00", 42) == "runs/2026-01-02T03-04-05+01-00-42.json"
+    )
+    assert naming.hdf5_logits_name("logits") == "logits"
+    assert naming.hdf5_logits_name("noun") == "logits_noun"
+    assert naming.MANIFEST_GLOB == "manifests/shard-*-of-*.jsonl"

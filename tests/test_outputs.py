@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import outputs
+from tests.helpers import fill_filesystem, small_filesystem
 
 
 def test_save_array_is_atomic_and_leaves_no_temp(tmp_path):
@@ -161,3 +164,76 @@ def test_lock_refuses_second_holder_and_dies_with_holder(tmp_path):
     # SIGKILL released the OS lock: no stale pid file blocks us
     with outputs.ShardLock(lock_path):
         pass
+
+
+def _short_write_like_numpy(f):
+    """What np.save's `tofile` does when the disk fills: part of the data lands, then an errno-less error."""
+    f.write(b"\x93NUMPY partial")
+    raise OSError("100000 requested and 65504 written")
+
+
+def test_numpy_short_write_on_a_full_disk_is_one_line_naming_space_and_file(tmp_path, monkeypatch):
+    target = tmp_path / "features" / "a_32.npy"
+    outputs.save_array(target, np.ones(3))
+    monkeypatch.setattr(outputs, "_free_bytes", lambda directory: 0)  # the filesystem is full
+    with pytest.raises(outputs.OutputError) as caught:
+        outputs.atomic_write(target, _short_write_like_numpy)
+    assert caught.value.errno == errno.ENOSPC
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"cannot write {target}: No space left on device" in message
+    assert "100000 requested and 65504 written" in message
+    assert np.array_equal(np.load(target), np.ones(3))  # the old file stays whole
+    assert [p.name for p in target.parent.iterdir()] == ["a_32.npy"]  # no temp left
+
+
+def test_short_write_with_room_left_is_still_one_output_error(tmp_path):
+    target = tmp_path / "x.npy"
+    with pytest.raises(outputs.OutputError, match=r"cannot write .*x\.npy: .*short write") as caught:
+        outputs.atomic_write(target, _short_write_like_numpy)
+    assert caught.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_enospc_from_python_io_is_an_output_error(tmp_path):
+    def full(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(outputs.OutputError, match="No space left on device"):
+        outputs.atomic_write(tmp_path / "y.json", full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unrelated_os_error_is_not_translated(tmp_path):
+    def gone(f):
+        raise FileNotFoundError(errno.ENOENT, "vanished input")
+
+    with pytest.raises(FileNotFoundError):
+        outputs.atomic_write(tmp_path / "z.npy", gone)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_full_filesystem_keeps_nothing_partial_and_writes_again_once_space_returns(tmp_path):
+    with small_filesystem(tmp_path / "small", "256k") as small:
+        target = small / "features" / "big_32.npy"
+        with pytest.raises(outputs.OutputError) as caught:  # numpy's own short write, on a real disk
+            outputs.save_array(target, np.ones(100_000, np.float32))  # 400 kB > 256 kB
+        assert caught.value.errno == errno.ENOSPC
+        assert f"cannot write {target}: No space left on device" in str(caught.value)
+        assert list(target.parent.iterdir()) == []
+        manifest = small / "manifests" / "m.jsonl"
+        outputs.append_record(manifest, {"key": "a", "path": "a.mp4", "status": "ok"})
+        before = manifest.read_bytes()
+        ballast = fill_filesystem(small, leave=8192)  # room for part of what comes next
+        with pytest.raises(outputs.OutputError, match="No space left on device"):
+            outputs.save_json(small / "runs" / "r.json", {"pad": "x" * 20_000})
+        with pytest.raises(outputs.OutputError, match=f"cannot append to {manifest}: No space left"):
+            outputs.append_record(
+                manifest, {"key": "b", "path": "b.mp4", "status": "ok", "pad": "x" * 20_000}
+            )
+        assert manifest.read_bytes() == before  # no half line
+        ballast.unlink()
+        outputs.save_array(target, np.ones(10_000, np.float32))
+        assert np.load(target).shape == (10_000,)
+        assert sorted(p.name for p in small.rglob("*") if p.is_file()) == ["big_32.npy", "m.jsonl"]

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from pipeline import outputs
-from pipeline.api import RunError, compose_config, run_shard
+from pipeline.api import compose_config
 from pipeline.outputs import ShardLock, file_sha256, read_manifest
+from pipeline.run import RunError, run_shard
 from pipeline.synth import write_video
-from tests.helpers import run_extract
+from tests.helpers import fill_filesystem, run_extract, small_filesystem
 
 BASE = (
     "model=slowfast_tiny",
@@ -181,6 +182,33 @@ def test_disk_full_fails_the_video_stops_the_run_and_a_rerun_continues(many_vide
     monkeypatch.setattr(outputs, "save_array", real_save)
     summary = run_shard(_cfg(many_videos, out))
     assert (summary.ok, summary.skipped) == (4, 2)
+
+
+def test_disk_full_on_a_real_filesystem_prints_one_line_and_a_rerun_completes(many_videos, tmp_path):
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        out = small / "out"
+        args = (*BASE, f"data.root={many_videos}", f"output_dir={out}")
+        ballast = fill_filesystem(small, leave=40 * 1024)  # room for the first videos only
+        done = run_extract(tmp_path, *args)
+        text = done.stdout + done.stderr
+        assert done.returncode == 2, text[-2000:]
+        assert "Traceback" not in text
+        (line,) = [line for line in text.splitlines() if "No space left on device" in line]
+        assert f"stopping: cannot write {out}/" in line or f"stopping: cannot append to {out}/" in line
+        assert "a rerun of the same command continues from here" in line
+        ok = {r["key"]: r for r in manifest_of(out) if r["status"] == "ok"}
+        assert 0 < len(ok) < 6, "the disk should fill mid-run"
+        assert not list(out.rglob("*.tmp-*"))
+        kept = sorted(p.name for p in (out / "features").iterdir())  # nothing partial: each file whole
+        assert kept == sorted(f"{k}_8{ext}" for k in ok for ext in (".json", ".npy"))
+        assert all(file_sha256(out / r["output"]) == r["sha256"] for r in ok.values())
+
+        ballast.unlink()  # space returns
+        again = run_extract(tmp_path, *args)
+        assert again.returncode == 0, again.stderr[-2000:]
+        records = manifest_of(out)[-6:]
+        assert {r["key"] for r in records if r["status"] == "skipped"} == set(ok)
+        assert {r["key"] for r in records if r["status"] == "ok"} == {f"v{i}" for i in range(6)} - set(ok)
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(many_videos, tmp_path):

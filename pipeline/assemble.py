@@ -1,0 +1,165 @@
+"""From a typed config to the parts of an extraction: window spec, frame transform, the settings that
+change the numbers, the output dir, and the engine (model + decoder + batching) wired together.
+
+Shared by the run (`pipeline.run`) and the notebook API (`pipeline.api`); it decides nothing about
+which videos run or where results go beyond the output dir's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import naming
+from pipeline.config import (
+    DataConfig,
+    ExtractConfig,
+    HardwareConfig,
+    ResizeMode,
+    Window,
+    default_threads,
+)
+from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
+from pipeline.memory import keep_freed_memory
+from pipeline.runner import Engine, SourceOpener
+from pipeline.sampling import WindowSpec
+from pipeline.transforms import FrameTransform
+
+# --- configuration (pure) -----------------------------------------------------------------------
+
+
+def as_object(cfg: DictConfig | ExtractConfig) -> ExtractConfig:
+    """The typed, resolved config (interpolations applied)."""
+    return cfg if isinstance(cfg, ExtractConfig) else OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def window_spec(data: DataConfig) -> WindowSpec:
+    """Clip window settings of a data config."""
+    return WindowSpec(
+        num_frames=data.num_frames,
+        sampling_rate=data.sampling_rate,
+        stride=data.stride,
+        window=data.window.value,
+        pad=data.pad.value,
+    )
+
+
+def frame_transform(cfg: ExtractConfig) -> FrameTransform:
+    """The per-frame spatial transform (resize, crops, channel order) of a run."""
+    r = cfg.data.resize
+    return FrameTransform(
+        mode=r.mode.value,
+        size=(r.size[0], r.size[1]),
+        short_side=r.short_side,
+        crop=r.crop,
+        num_crops=cfg.data.crops,
+        channel_order=cfg.model.channel_order.value,
+        backend=r.backend.value,
+    )
+
+
+def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, Any]:
+    """Every setting that changes the numbers in a feature file; resume compares these."""
+    d, m = cfg.data, cfg.model
+    resize: dict[str, Any] = {"mode": d.resize.mode.value, "backend": d.resize.backend.value}
+    if d.resize.mode is ResizeMode.square:
+        resize["size"] = list(d.resize.size)
+    else:
+        resize.update(short_side=d.resize.short_side, crop=d.resize.crop)
+    return {
+        "model": m.name,
+        "feature_layer": m.feature_layer,
+        "checkpoint_sha256": weights.sha256,
+        "random_weights": weights.random,
+        "seed": cfg.seed if weights.random else None,
+        "fps": d.fps,
+        "num_frames": d.num_frames,
+        "sampling_rate": d.sampling_rate,
+        "stride": d.stride,
+        "window": d.window.value,
+        "pad": d.pad.value,
+        "resize": resize,
+        "crops": d.crops,
+        "crop_reduce": d.crop_reduce.value if d.crops > 1 else None,
+        "dtype": cfg.output.dtype.value,
+        "channel_order": m.channel_order.value,
+        "mean": list(m.mean),
+        "std": list(m.std),
+        "frames_fps": d.frames.fps,
+    }
+
+
+def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
+    """The stable output dir: `output_dir`, or outputs/<data>/<model>_<T>x<tau>_s<stride>[_extras]."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser().resolve()
+    d, m = cfg.data, cfg.model
+    defaults = DataConfig()
+    extra = {
+        "fps": d.fps,
+        "centered": d.window is Window.centered,
+        "pad": d.pad.value if d.pad.value != defaults.pad.value else None,
+        "short": d.resize.mode is ResizeMode.short_side,
+        "crops": d.crops if d.crops != 1 else None,
+        "layer": m.feature_layer,
+        "fp16": cfg.output.dtype.value == "float16",
+    }
+    name = naming.run_dir_name(d.name, m.name, d.num_frames, d.sampling_rate, d.stride, extra)
+    return ((base or Path.cwd()) / naming.OUTPUTS_ROOT / name).resolve()
+
+
+def resolved_config(cfg: DictConfig | ExtractConfig) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved (stored in every output)."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+# --- model + engine -----------------------------------------------------------------------------
+
+
+def setup_torch(hw: HardwareConfig) -> None:
+    """Thread count from hardware.threads (default: the CPUs this process may use)."""
+    torch.set_num_threads(hw.threads or default_threads())
+
+
+def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
+    """Load the model and wire decoder, transform, windows and batching together."""
+    device = device_or_fail(cfg.hardware.device.value)
+    model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
+    hw, data = cfg.hardware, cfg.data
+    clip_model = TorchClipModel(
+        model,
+        device=device,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        precision=hw.precision.value,
+        channels_last=hw.channels_last,
+        logits=cfg.output.logits,
+        compile=hw.compile,
+    )
+    if device.type == "cpu" and hw.reuse_memory:
+        keep_freed_memory()  # once the model is ready: its weights keep their own mappings
+    transform = frame_transform(cfg)
+    open_video = SourceOpener(
+        fps=data.fps,
+        frames_pattern=data.frames.pattern,
+        frames_fps=data.frames.fps,
+        resize=transform.decoder_resize,
+    )
+    engine = Engine(
+        clip_model,
+        open_video,
+        transform,
+        window_spec(data),
+        fps=data.fps,
+        batch_size=hw.batch_size,
+        queue_size=hw.queue_size,
+        decode_workers=hw.decode_workers,
+        crop_reduce=data.crop_reduce.value,
+        decode_backend=hw.decode_backend.value,
+        decode_timeout=data.decode_timeout_s,
+    )
+    return engine, weights
