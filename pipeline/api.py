@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as dataclasses_replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ from pipeline.videolist import VideoEntry, VideoListError, read_video_list
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_PACKAGE = "pipeline.conf"  # the top-level conf/, installed as this package (pyproject: package-dir)
+CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
 
 
 class RunError(RuntimeError):
@@ -141,14 +143,14 @@ def resolved_config(cfg: DictConfig | ExtractConfig) -> dict[str, Any]:
 
 def compose_config(model: str, overrides: Iterable[str] = (), data: str = "custom") -> DictConfig:
     """Compose conf/ with Hydra's compose API (for notebooks and tests), like the command line would."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from pipeline.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return compose(config_name="config", overrides=[f"model={model}", f"data={data}", *overrides])
 
 

@@ -83,7 +83,7 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
     return (1 if report["totals"]["failed"] else 0), report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://pipeline.conf", config_name="config")
 def main(cfg: DictConfig) -> int:
     """Hydra entry point; a sweep job returns its status instead of exiting (so the sweep goes on)."""
     hydra_cfg = HydraConfig.get()
