@@ -21,7 +21,7 @@ from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
 from pipeline.runner import describe_error
-from pipeline.weights import WeightsError
+from pipeline.weights import WeightsError, download_command
 
 log = logging.getLogger("pipeline.extract")
 register_configs()
@@ -51,7 +51,7 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
             "DEMO ON RANDOM WEIGHTS: no cached checkpoint for %s; features are NOT meaningful.",
             cfg.model.name,
         )
-        log.warning("Fetch real weights with: python scripts/download_weights.py %s", cfg.model.name)
+        log.warning("Fetch real weights with: %s", download_command(cfg.model.name))
         log.warning("=" * 78)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="random"))
 
