@@ -21,19 +21,19 @@ from pipeline.assemble import as_object, build_engine, extraction_settings, setu
 from pipeline.config import DataConfig, ExtractConfig, HardwareConfig, OutputConfig, validate
 from pipeline.runner import VideoJob, VideoResult
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_PACKAGE = "pipeline.conf"  # the top-level conf/, installed as this package (pyproject: package-dir)
 
 
 def compose_config(model: str, overrides: Iterable[str] = (), data: str = "custom") -> DictConfig:
     """Compose conf/ with Hydra's compose API (for notebooks and tests), like the command line would."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     from pipeline.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return compose(config_name="config", overrides=[f"model={model}", f"data={data}", *overrides])
 
 

@@ -23,7 +23,7 @@ from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
 from pipeline.runner import describe_error
-from pipeline.weights import WeightsError
+from pipeline.weights import WeightsError, download_command
 
 log = logging.getLogger("pipeline.extract")
 register_configs()
@@ -53,7 +53,7 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
             "DEMO ON RANDOM WEIGHTS: no cached checkpoint for %s; features are NOT meaningful.",
             cfg.model.name,
         )
-        log.warning("Fetch real weights with: python scripts/download_weights.py %s", cfg.model.name)
+        log.warning("Fetch real weights with: %s", download_command(cfg.model.name))
         log.warning("=" * 78)
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="random"))
 
@@ -86,7 +86,7 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
     return (1 if report["totals"]["failed"] else 0), report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://pipeline.conf", config_name="config")
 def main(cfg: DictConfig) -> int:
     """Hydra entry point; a sweep job returns its status instead of exiting (so the sweep goes on)."""
     hydra_cfg = HydraConfig.get()

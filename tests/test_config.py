@@ -121,7 +121,7 @@ def test_missing_zoo_checkpoint_names_the_fetch_command(tmp_path):
         env={"SLOWFAST_WEIGHTS": str(tmp_path / "cache")},
     )
     assert done.returncode == 2
-    assert "python scripts/download_weights.py slowfast_r50" in done.stdout + done.stderr
+    assert "python -m pipeline.weights slowfast_r50" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
 
 

@@ -1,10 +1,9 @@
-"""Tests for pipeline.weights and scripts/download_weights.py, against a local HTTP server (no network)."""
+"""Tests for pipeline.weights, its command line and scripts/download_weights.py, against a local HTTP server."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import weights
 from pipeline.weights import (
     ChecksumError,
     DownloadError,
@@ -233,23 +233,14 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch, server: _Server, tmp_path: Pa
     return registry
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location("download_weights_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_resolve_zoo_names_the_fetch_command(fake_registry, tmp_path: Path) -> None:
-    with pytest.raises(
-        WeightsNotFoundError, match=re.escape("python scripts/download_weights.py served_model")
-    ):
+    with pytest.raises(WeightsNotFoundError, match=re.escape("python -m pipeline.weights served_model")):
         resolve_zoo("served_model")
     with pytest.raises(FileNotFoundError):  # also a FileNotFoundError for callers that catch that
         resolve_zoo("served_model")
     with pytest.raises(WeightsError, match="'slowfast_tiny' has no zoo weights"):
         resolve_zoo("slowfast_tiny")
-    assert _cli().main(["served_model", "--quiet"]) == 0
+    assert weights.main(["served_model", "--quiet"]) == 0
     assert resolve_zoo("served_model") == tmp_path / "cache" / "served_model" / "SERVED.pkl"
     assert resolve_zoo("served_model").read_bytes() == PAYLOAD
 
@@ -257,26 +248,27 @@ def test_resolve_zoo_names_the_fetch_command(fake_registry, tmp_path: Path) -> N
 def test_cli_all_list_and_override(
     fake_registry, server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli = _cli()
     other = tmp_path / "other"
-    assert cli.main(["--all", "--cache", str(other), "--quiet"]) == 0  # slowfast_tiny has no zoo URL
+    assert weights.main(["--all", "--cache", str(other), "--quiet"]) == 0  # slowfast_tiny has no zoo URL
     assert (other / "served_model" / "SERVED.pkl").read_bytes() == PAYLOAD
     assert server.requests == [("/model.pkl", None)]
     capsys.readouterr()
-    assert cli.main(["--list", "--cache", str(other)]) == 0
+    assert weights.main(["--list", "--cache", str(other)]) == 0
     assert re.search(r"served_model\s+cached", capsys.readouterr().out)
 
     server.files["/mirror/tiny.pyth"] = b"tiny weights"
     argv = ["slowfast_tiny", "--cache", str(other), "--quiet", "--url-override"]
-    assert cli.main([*argv, f"slowfast_tiny={server.url('/mirror/tiny.pyth')}"]) == 0
+    assert weights.main([*argv, f"slowfast_tiny={server.url('/mirror/tiny.pyth')}"]) == 0
     assert (other / "slowfast_tiny" / "tiny.pyth").read_bytes() == b"tiny weights"
 
 
 def test_cli_failures(fake_registry, server: _Server, capsys: pytest.CaptureFixture[str]) -> None:
-    cli = _cli()
-    assert cli.main(["no_such_model", "--quiet"]) == 1
+    assert weights.main(["no_such_model", "--quiet"]) == 1
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
-    assert cli.main(["served_model", "--quiet", "--url-override", f"served_model={server.url('/gone')}"]) == 1
+    assert (
+        weights.main(["served_model", "--quiet", "--url-override", f"served_model={server.url('/gone')}"])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "served_model" in err and "HTTP 404" in err and "1 of 1 download(s) failed" in err
     for argv in (
@@ -286,17 +278,18 @@ def test_cli_failures(fake_registry, server: _Server, capsys: pytest.CaptureFixt
         ["served_model", "--all"],
     ):
         with pytest.raises(SystemExit) as info:
-            cli.main(argv)
+            weights.main(argv)
         assert info.value.code == 2, argv
 
 
-def test_cli_script_runs_as_a_program(server: _Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["-m", "pipeline.weights"], [str(SCRIPT)]], ids=["module", "script"])
+def test_cli_runs_as_a_program(server: _Server, tmp_path: Path, command: list[str]) -> None:
     server.files["/tiny.pyth"] = b"abc"
     env = {**os.environ, "SLOWFAST_WEIGHTS": str(tmp_path / "cache")}
     result = subprocess.run(
         [
             sys.executable,
-            str(SCRIPT),
+            *command,
             "slowfast_tiny",
             "--url-override",
             f"slowfast_tiny={server.url('/tiny.pyth')}",
