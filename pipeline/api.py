@@ -34,9 +34,10 @@ from pipeline.config import (
     validate,
     video_list_path,
 )
+from pipeline.decode_pool import SourceOpener
+from pipeline.engine import Engine, VideoJob, VideoResult
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
 from pipeline.memory import keep_freed_memory
-from pipeline.runner import Engine, SourceOpener, VideoJob, VideoResult
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list

@@ -15,27 +15,42 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import api
 from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
-from pipeline.runner import describe_error
+from pipeline.errors import describe_error
+from pipeline.launch import LaunchError, launch_run
+from pipeline.outputs import OutputError
 from pipeline.weights import WeightsError
 
 log = logging.getLogger("pipeline.extract")
 register_configs()
 
+# Errors a user can act on (config, input, checkpoint, weights, disk, launch): one line, exit status 2.
+# Anything else is a bug of ours: its whole traceback, exit status 3.
 EXPECTED_ERRORS = (
     ConfigError,
     api.RunError,
     CheckpointError,
     WeightsError,
+    OutputError,
+    LaunchError,
     FileNotFoundError,
     PermissionError,
-    RuntimeError,
-    ValueError,
 )
+
+
+def typed_config(cfg: DictConfig) -> ExtractConfig:
+    """The composed config as dataclasses; a missing or ill-typed value is a ConfigError naming its key."""
+    try:
+        return api.as_object(cfg)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        message = describe_error(error, with_class=False)
+        raise ConfigError(f"{key}: {message}" if key else message) from error
 
 
 def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
@@ -72,8 +87,6 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
         )
         summaries = [api.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
     else:
-        from pipeline.launch import launch_run
-
         summaries = launch_run(cfg, output_dir)
         if summaries is None:  # submitted without waiting (hardware.wait=false)
             return 0, {"output_dir": str(output_dir), "submitted": True}
@@ -91,12 +104,14 @@ def main(cfg: DictConfig) -> int:
     job_dir = Path(hydra_cfg.runtime.output_dir)
     error, report = None, {}
     try:
-        status, report = extract(api.as_object(cfg), job_dir)
+        status, report = extract(typed_config(cfg), job_dir)
     except EXPECTED_ERRORS as caught:
-        error = describe_error(caught)
+        error, status = describe_error(caught), 2
         log.error("%s", error)
         log.debug("details", exc_info=True)
-        status = 2
+    except Exception as caught:  # a bug: the traceback goes to the console and the job's log
+        error, status = describe_error(caught), 3
+        log.exception("internal error (please report it with this traceback): %s", error)
     if multirun:
         write_job_summary(job_dir, {"status": status, "error": error, **report})
     elif status:
