@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -87,9 +88,10 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
         )
         summaries = [api.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
     else:
-        summaries = launch_run(cfg, output_dir)
-        if summaries is None:  # submitted without waiting (hardware.wait=false)
+        launched = launch_run(cfg, output_dir)
+        if launched is None:  # submitted without waiting (hardware.wait=false)
             return 0, {"output_dir": str(output_dir), "submitted": True}
+        summaries = launched
     complete = cfg.hardware.shard_index is None
     h5 = api.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
     report = api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
@@ -102,7 +104,8 @@ def main(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode is RunMode.MULTIRUN
     job_dir = Path(hydra_cfg.runtime.output_dir)
-    error, report = None, {}
+    error: str | None = None
+    report: dict[str, Any] = {}
     try:
         status, report = extract(typed_config(cfg), job_dir)
     except EXPECTED_ERRORS as caught:
