@@ -353,6 +353,7 @@ class DecodeWorker:
         return self.free.pop()
 
     def _send_clip(self, number: int, clip: ReadyClip) -> None:
+        """Write a clip into a free slot and tell the supervisor where it is."""
         shape = clip_shape(clip)
         nbytes = int(np.prod(shape))
         slot = self._slot(nbytes)
@@ -494,6 +495,8 @@ class _Worker:
 
 
 class _ProcessWorker(_Worker):
+    """A worker process, with the supervisor's ends of its two pipes."""
+
     def __init__(
         self,
         wid: int,
@@ -506,6 +509,8 @@ class _ProcessWorker(_Worker):
 
 
 class _ThreadWorker(_Worker):
+    """A worker thread, its command queue, and the flag that tells it it was given up on."""
+
     def __init__(
         self,
         wid: int,
@@ -542,9 +547,11 @@ class DecodePool(Generic[W]):
 
     # -- what a worker is (subclasses) --
     def _spawn(self, wid: int) -> W:
+        """Start worker `wid` (it says WorkerReady once it takes jobs)."""
         raise NotImplementedError
 
     def _send(self, worker: W, command: WorkerCommand) -> None:
+        """Send a command; a dead worker is noticed by `_poll`, not here."""
         raise NotImplementedError
 
     def _poll(self, timeout: float) -> tuple[list[tuple[W, WorkerMessage]], list[W]]:
@@ -552,6 +559,7 @@ class DecodePool(Generic[W]):
         raise NotImplementedError
 
     def _kill(self, worker: W) -> None:
+        """End a worker now, whatever it is doing."""
         raise NotImplementedError
 
     def _stop_worker(self, worker: W) -> None:
@@ -563,6 +571,7 @@ class DecodePool(Generic[W]):
         raise NotImplementedError
 
     def _death_reason(self, worker: W) -> str:
+        """How a dead worker ended, for its video's error ("died with SIGSEGV", ...)."""
         raise NotImplementedError
 
     # -- the engine's side --
@@ -620,6 +629,7 @@ class DecodePool(Generic[W]):
 
     # -- workers come and go --
     def _add_worker(self) -> None:
+        """Start one more worker under a new id."""
         wid = self.next_wid
         self.next_wid += 1
         self.workers[wid] = self._spawn(wid)
@@ -644,6 +654,7 @@ class DecodePool(Generic[W]):
 
     # -- the supervisor loop --
     def _supervise(self) -> None:
+        """The supervisor thread: assign jobs, handle messages and deaths, enforce deadlines, until done."""
         try:
             while not self.stop.is_set() and self._work_left():
                 self._assign()
@@ -660,9 +671,11 @@ class DecodePool(Generic[W]):
             self.items.put(PoolFailed(f"decode supervisor failed: {describe_error(error)}"))
 
     def _work_left(self) -> bool:
+        """Jobs wait, or a worker still decodes one."""
         return bool(self.todo) or any(w.number is not None for w in self.workers.values())
 
     def _wait_time(self) -> float:
+        """How long one poll may wait: at most 0.5 s, less when a deadline comes sooner."""
         deadlines = [w.deadline for w in self.workers.values() if w.deadline is not None]
         if not deadlines:
             return 0.5
@@ -685,6 +698,7 @@ class DecodePool(Generic[W]):
         )
 
     def _handle(self, worker: W, message: WorkerMessage) -> None:
+        """Act on one message from a worker; any message but WorkerReady counts as progress."""
         if isinstance(message, WorkerReady):
             worker.ready = True
             return
@@ -729,6 +743,7 @@ class DecodePool(Generic[W]):
         self._give_up(worker, error)
 
     def _check_deadlines(self) -> None:
+        """A worker that never started breaks the pool; a video without progress is failed."""
         now = time.monotonic()
         for worker in list(self.workers.values()):
             if not worker.ready and now - worker.spawned > STARTUP_S:
