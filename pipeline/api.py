@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.assemble import as_object, build_engine, extraction_settings, setup_torch
 from pipeline.config import DataConfig, ExtractConfig, HardwareConfig, OutputConfig, validate
-from pipeline.runner import VideoJob, VideoResult
+from pipeline.engine import VideoJob, VideoResult
 
 CONF_PACKAGE = "pipeline.conf"  # the top-level conf/, installed as this package (pyproject: package-dir)
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import naming
 from pipeline.config import (
+    ConfigError,
     DataConfig,
     ExtractConfig,
     HardwareConfig,
@@ -22,9 +24,11 @@ from pipeline.config import (
     Window,
     default_threads,
 )
+from pipeline.decode_pool import SourceOpener
+from pipeline.engine import Engine
+from pipeline.errors import describe_error
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
 from pipeline.memory import keep_freed_memory
-from pipeline.runner import Engine, SourceOpener
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 
@@ -32,8 +36,15 @@ from pipeline.transforms import FrameTransform
 
 
 def as_object(cfg: DictConfig | ExtractConfig) -> ExtractConfig:
-    """The typed, resolved config (interpolations applied)."""
-    return cfg if isinstance(cfg, ExtractConfig) else OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    """The typed, resolved config; a missing or ill-typed value is a ConfigError naming its key."""
+    if isinstance(cfg, ExtractConfig):
+        return cfg
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        message = describe_error(error, with_class=False)
+        raise ConfigError(f"{key}: {message}" if key else message) from error
 
 
 def window_spec(data: DataConfig) -> WindowSpec:

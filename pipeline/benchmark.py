@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.decode_pool import SourceOpener
+from pipeline.engine import Engine, VideoJob
 from pipeline.io import Frame, SourceInfo
-from pipeline.runner import Engine, SourceOpener, VideoJob
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 

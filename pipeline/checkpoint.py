@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import describe_error
 from pipeline.outputs import file_sha256
 
 __all__ = [
@@ -165,8 +166,7 @@ def _read_pytorch(path: Path) -> dict[str, torch.Tensor]:
             path, f"refused by torch.load(weights_only=True): {_weights_only_reason(e)}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(path, f"is truncated or corrupt ({first})") from e
+        raise CheckpointError(path, f"is truncated or corrupt ({describe_error(e, with_class=False)})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
     for key in ("model_state", "state_dict"):

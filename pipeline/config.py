@@ -268,6 +268,8 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("data.crops", "3 crops need data.resize.mode=short_side")
     if len(d.resize.size) != 2 or min(d.resize.size) < 1:
         _fail("data.resize.size", f"must be [width, height] >= 1 (got {list(d.resize.size)})")
+    if d.resize.mode is ResizeMode.short_side and d.resize.crop < 1:
+        _fail("data.resize.crop", f"must be >= 1 (got {d.resize.crop})")
     if d.resize.mode is ResizeMode.short_side and d.resize.crop > d.resize.short_side:
         _fail(
             "data.resize.crop", f"{d.resize.crop} is larger than data.resize.short_side={d.resize.short_side}"

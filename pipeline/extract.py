@@ -22,21 +22,25 @@ from pipeline.assemble import as_object, output_dir_of
 from pipeline.callbacks import write_job_summary
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
-from pipeline.runner import describe_error
+from pipeline.errors import describe_error
+from pipeline.launch import LaunchError, launch_run
+from pipeline.outputs import OutputError
 from pipeline.weights import WeightsError, download_command
 
 log = logging.getLogger("pipeline.extract")
 register_configs()
 
+# Errors a user can act on (config, input, checkpoint, weights, disk, launch): one line, exit status 2.
+# Anything else is a bug of ours: its whole traceback, exit status 3.
 EXPECTED_ERRORS = (
     ConfigError,
     run.RunError,
     CheckpointError,
     WeightsError,
+    OutputError,
+    LaunchError,
     FileNotFoundError,
     PermissionError,
-    RuntimeError,
-    ValueError,
 )
 
 
@@ -74,8 +78,6 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
         )
         summaries = [run.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
     else:
-        from pipeline.launch import launch_run
-
         launched = launch_run(cfg, output_dir)
         if launched is None:  # submitted without waiting (hardware.wait=false)
             return 0, {"output_dir": str(output_dir), "submitted": True}
@@ -97,10 +99,12 @@ def main(cfg: DictConfig) -> int:
     try:
         status, report = extract(as_object(cfg), job_dir)
     except EXPECTED_ERRORS as caught:
-        error = describe_error(caught)
+        error, status = describe_error(caught), 2
         log.error("%s", error)
         log.debug("details", exc_info=True)
-        status = 2
+    except Exception as caught:  # a bug: the traceback goes to the console and the job's log
+        error, status = describe_error(caught), 3
+        log.exception("internal error (please report it with this traceback): %s", error)
     if multirun:
         write_job_summary(job_dir, {"status": status, "error": error, **report})
     elif status:

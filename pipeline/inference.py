@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import ModelConfig
-from pipeline.models.registry import VideoModel, build_model
+from pipeline.config import ConfigError, ModelConfig
+from pipeline.errors import describe_error
+from pipeline.models.registry import VideoModel, build_model, get_spec
 from pipeline.transforms import normalize_clips
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FOLD_TOLERANCE = 1e-4  # relative L2 between features with and without folded batch norms (measured ~1e-7)
 PROBE_SIZE = 64  # spatial size of the probe clip that finds conv -> batch norm pairs
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """`hardware.device` or `hardware.precision` that this machine cannot run; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,26 @@ class WeightsInfo:
         return self.sha256 or "random"
 
 
+def check_model_config(model: ModelConfig) -> None:
+    """ConfigError unless `model.name` is a registered model and `model.feature_layer` one of its layers."""
+    try:
+        spec = get_spec(model.name)
+    except KeyError as error:
+        raise ConfigError(f"model.name: {error.args[0]}") from None
+    if model.feature_layer and model.feature_layer not in spec.feature_layers:
+        raise ConfigError(
+            f"model.feature_layer: {model.feature_layer!r} is not a feature layer of {model.name}; "
+            f"choose from {list(spec.feature_layers)}"
+        )
+
+
 def resolve_checkpoint(model: ModelConfig) -> Path | None:
-    """The checkpoint file for `model.checkpoint` (a path or `zoo`), or None for `random`."""
+    """The checkpoint file for `model.checkpoint` (a path or `zoo`), or None for `random`.
+
+    Checks the model config first (`check_model_config`): every run resolves its checkpoint before it
+    builds anything.
+    """
+    check_model_config(model)
     if model.checkpoint == "random":
         return None
     if model.checkpoint == "zoo":
@@ -66,7 +90,7 @@ def load_model(model: ModelConfig, *, need_head: bool, seed: int) -> tuple[Video
 def device_or_fail(name: str) -> torch.device:
     """The torch device for `hardware.device`; a missing GPU is one clear error at start."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("hardware.device=cuda but no CUDA GPU is visible to torch (use hardware=cpu)")
+        raise DeviceError("hardware.device=cuda but no CUDA GPU is visible to torch (use hardware=cpu)")
     return torch.device(name)
 
 
@@ -79,11 +103,12 @@ def conv_bn_pairs(model: VideoModel, probe: list[torch.Tensor]) -> list[tuple[nn
     seen: list[tuple[nn.Conv3d, nn.BatchNorm3d]] = []
 
     def after_conv(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        outputs[id(output)] = (output, module)
+        if isinstance(module, nn.Conv3d):
+            outputs[id(output)] = (output, module)
 
     def before_norm(module: nn.Module, args: tuple) -> None:
         found = outputs.get(id(args[0]))
-        if found is not None and found[0] is args[0]:
+        if found is not None and found[0] is args[0] and isinstance(module, nn.BatchNorm3d):
             seen.append((found[1], module))
 
     norms = [m for m in model.modules() if type(m) is nn.BatchNorm3d and m.affine and m.track_running_stats]
@@ -121,10 +146,12 @@ def fold_batch_norms(model: VideoModel) -> tuple[VideoModel, int]:
             for name, child in parent.named_children()
         }
         for conv, norm in pairs:
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            mean, var = norm.running_mean, norm.running_var
+            assert mean is not None and var is not None  # conv_bn_pairs takes norms with running stats
+            scale = norm.weight / torch.sqrt(var + norm.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
             conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))
-            conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
+            conv.bias = nn.Parameter((bias - mean) * scale + norm.bias)
             parent, name = parents[id(norm)]
             setattr(parent, name, nn.Identity())
         with torch.inference_mode():
@@ -171,15 +198,16 @@ class TorchClipModel:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         if self.dtype is torch.float16 and device.type != "cuda":
-            raise RuntimeError("hardware.precision=fp16 needs a CUDA device")
+            raise DeviceError("hardware.precision=fp16 needs a CUDA device")
         if self.dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("hardware.precision=bf16 is not supported by this GPU")
+            raise DeviceError("hardware.precision=bf16 is not supported by this GPU")
         self.folded_norms = 0
         if fold_bn:
             model, self.folded_norms = fold_batch_norms(model.eval())
         self.channels_last = default_channels_last(device) if channels_last is None else channels_last
         memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
-        self.model = model.to(device=device, memory_format=memory_format).eval()
+        # Module.to takes memory_format (torch's type stubs do not say so)
+        self.model = model.to(device=device, memory_format=memory_format).eval()  # type: ignore[call-overload]
         self.mean, self.std = list(mean), list(std)
         self.logits = logits
         self._pinned: torch.Tensor | None = None
@@ -205,7 +233,7 @@ class TorchClipModel:
             "cudnn_benchmark": self.device.type == "cuda",
         }
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -231,7 +259,7 @@ class TorchClipModel:
             except Exception as error:  # noqa: BLE001 - compilation happens (and fails) at the first call
                 log.warning(
                     "hardware.compile: torch.compile failed (%s); running eagerly",
-                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                    describe_error(error, with_class=False),
                 )
                 self._forward_features, self.compiled = self.model.forward_features, False
         return self._forward_features(pathways)

@@ -31,8 +31,8 @@ from pipeline.assemble import (
     setup_torch,
 )
 from pipeline.config import ExtractConfig, ModelConfig, video_list_path
+from pipeline.engine import VideoJob, VideoResult
 from pipeline.inference import WeightsInfo
-from pipeline.runner import VideoJob, VideoResult
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +203,67 @@ def test_truncated_file_that_decodes_partly_is_kept_and_marked_partial(tmp_path)
     if cut["status"] == "ok":  # FFmpeg stopped quietly: kept, and the manifest says it is partial
         assert cut["partial"] is True and cut["frames"] < 0.95 * 120
         assert "PARTIAL cut.mkv" in done.stdout + done.stderr
+
+
+# --- errors: what a user can act on is one line (exit 2); a bug of ours shows its traceback (exit 3) ---
+
+BUGGY_APP = """
+import runpy
+import sys
+from pipeline import config
+
+def validate_with_a_bug(*args, **kwargs):
+    raise {error}("internal state went wrong")
+
+config.validate = validate_with_a_bug  # bound by pipeline.extract when runpy imports it below
+sys.argv = ["pipeline.extract", *{overrides!r}]
+runpy.run_module("pipeline.extract", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_buggy_app(cwd, error: str, *overrides: str) -> subprocess.CompletedProcess:
+    """The app with `config.validate` replaced by one that raises `error` (a bug, not a user's mistake)."""
+    script = cwd / "buggy_app.py"
+    script.write_text(BUGGY_APP.format(error=error, overrides=list(overrides)))
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("error", ["RuntimeError", "ValueError", "KeyError"])
+def test_a_bug_shows_its_whole_traceback(tmp_path, error):
+    (tmp_path / "video_list.csv").write_text("a.mp4\n")
+    done = run_buggy_app(
+        tmp_path,
+        error,
+        "model=slowfast_tiny",
+        "model.checkpoint=random",
+        "data=custom",
+        f"data.root={tmp_path}",
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 3, text[-3000:]
+    assert "Traceback (most recent call last)" in text
+    assert "in validate_with_a_bug" in text and "internal state went wrong" in text
+    assert "internal error (please report it with this traceback)" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (("data=custom",), "data.root: "),  # missing: no data.root given
+        (("model.name=nosuch",), "model.name: unknown model 'nosuch'"),
+        (
+            ("model.feature_layer=nope",),
+            "model.feature_layer: 'nope' is not a feature layer of slowfast_tiny",
+        ),
+        (("data.resize.mode=short_side", "data.resize.crop=0"), "data.resize.crop: must be >= 1 (got 0)"),
+    ],
+)
+def test_a_users_mistake_is_one_line(tmp_path, overrides, line):
+    (tmp_path / "video_list.csv").write_text("a.mp4\n")
+    root = () if overrides == ("data=custom",) else ("data=custom", f"data.root={tmp_path}")
+    done = run_extract(tmp_path, "model=slowfast_tiny", "model.checkpoint=random", *root, *overrides)
+    text = done.stdout + done.stderr
+    assert done.returncode == 2, text[-3000:]
+    (error,) = [entry for entry in text.splitlines() if "[ERROR]" in entry]
+    assert "ConfigError: " + line in error
+    assert "Traceback" not in text

@@ -4,13 +4,21 @@ autocast, torch.compile (and its fallback), inference_mode; the GPU paths run on
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pipeline.inference import TorchClipModel, default_channels_last, fold_batch_norms
+from pipeline.config import ConfigError, ModelConfig
+from pipeline.inference import (
+    DeviceError,
+    TorchClipModel,
+    default_channels_last,
+    fold_batch_norms,
+    load_model,
+)
 from pipeline.models.base import VideoModel
 from pipeline.models.registry import build_model, get_spec
 
@@ -140,6 +148,26 @@ def test_channels_last_is_the_default_on_cpu_and_gpu():
 def test_fp16_needs_a_gpu():
     with pytest.raises(RuntimeError, match="fp16 needs a CUDA device"):
         clip_model("slowfast_tiny", precision="fp16")
+
+
+def test_an_unusable_device_setting_is_a_config_error():
+    """The app prints a ConfigError as one line; DeviceError stays a RuntimeError for older callers."""
+    with pytest.raises(DeviceError, match="hardware.precision=fp16") as caught:
+        clip_model("slowfast_tiny", precision="fp16")
+    assert isinstance(caught.value, ConfigError) and isinstance(caught.value, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "message"),
+    [
+        ("nosuch", None, "model.name: unknown model 'nosuch'"),
+        ("slowfast_tiny", "conv_5", "model.feature_layer: 'conv_5' is not a feature layer of slowfast_tiny"),
+    ],
+)
+def test_a_model_config_naming_nothing_registered_is_a_config_error(name, layer, message):
+    config = ModelConfig(name=name, arch="slowfast", checkpoint="random", feature_layer=layer)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_model(config, need_head=False, seed=0)
 
 
 def test_batches_run_in_inference_mode():

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import usable_cpus
+from pipeline.engine import Engine, VideoJob
 from pipeline.inference import TorchClipModel
 from pipeline.io import Frame, SourceInfo
 from pipeline.models.registry import build_model
-from pipeline.runner import Engine, VideoJob, usable_cpus
 from pipeline.sampling import WindowSpec, clip_timestamps, clip_windows, resolve_padding
 from pipeline.transforms import FrameTransform
 
@@ -268,7 +269,7 @@ def test_workers_live_for_the_whole_run():
 
 def test_decode_workers_beyond_the_cpus_are_clamped(caplog):
     cpus = usable_cpus()
-    with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
         run = engine(PixelModel(), FakeOpener((5,)), decode_workers=cpus + 7)
     assert run.decode_workers == cpus
     assert f"hardware.decode_workers={cpus + 7} is more than the {cpus} CPUs" in caplog.text

@@ -1,7 +1,7 @@
 """Video files through PyAV: threaded decode, FFmpeg's rgb24 conversion (and resize), rotation metadata.
 
 Truncated or damaged files: when FFmpeg raises while decoding, the source raises `DecodeError`
-("truncated: decode error at 3.2 s: ...") and the runner keeps nothing of the video; when FFmpeg
+("truncated: decode error at 3.2 s: ...") and the engine keeps nothing of the video; when FFmpeg
 silently stops early (it often just drops the incomplete tail), the source simply yields fewer frames.
 """
 

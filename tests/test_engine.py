@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.engine import Engine, VideoJob
 from pipeline.io import DecodeError, Frame, SourceInfo
-from pipeline.runner import Engine, VideoJob
 from pipeline.sampling import WindowSpec, clip_windows
 
 

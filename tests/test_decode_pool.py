@@ -1,0 +1,221 @@
+"""The decode pool on its own: typed messages, one worker's protocol, shared slots, pools of both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import pickle
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import decode_pool as dp
+from pipeline.io import DecodeError, Frame, SourceInfo
+from pipeline.sampling import WindowSpec, clip_windows
+
+SPEC = WindowSpec(4, 1, 2, "sliding", "zero")
+INFO = SourceInfo(Path("x"), "video", 4, 4, 10.0, 1.0, 10, "fake")
+
+
+class CountingSource:
+    """Frames whose pixels all equal their index + 1; raises at frame `fail_at`."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n, self.fail_at = n, fail_at
+        self.info = INFO
+
+    def __enter__(self) -> CountingSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self):
+        for i in range(self.n):
+            if i == self.fail_at:
+                raise DecodeError("x", f"decode error at frame {i}")
+            yield Frame(np.full((4, 4, 3), i + 1, np.uint8), i / 10, i)
+
+
+def opener(lengths: dict[str, int], fail: dict[str, int] | None = None):
+    def open_video(job: dp.VideoJob) -> CountingSource:
+        return CountingSource(lengths[job.key], (fail or {}).get(job.key))
+
+    return open_video
+
+
+def decode_spec(lengths: dict[str, int], fail: dict[str, int] | None = None) -> dp.DecodeSpec:
+    return dp.DecodeSpec(opener(lengths, fail), lambda image: image[None], SPEC, fps=10.0)
+
+
+def job(key: str) -> dp.VideoJob:
+    return dp.VideoJob(key, Path(key), key)
+
+
+def expected_first_frames(n: int) -> list[int]:
+    """Pixel value of each row's first frame (frame index + 1; 0 where zero padded)."""
+    first = clip_windows(n, SPEC)[:, 0]
+    return [int(i) + 1 if 0 <= i < n else 0 for i in first]
+
+
+class ScriptedLink:
+    """An in-memory supervisor for one DecodeWorker: gives it the next job once it is ready or done with
+    one, lends slots when asked, copies each clip out and frees its slot at once, then stops it."""
+
+    def __init__(self, jobs: list[dp.VideoJob], slots: int = 2) -> None:
+        self.jobs: deque[dp.WorkerCommand] = deque(dp.DecodeVideo(i, j) for i, j in enumerate(jobs))
+        self.commands: deque[dp.WorkerCommand] = deque()
+        self.slots = slots
+        self.block: np.ndarray | None = None
+        self.sent: list[dp.WorkerMessage] = []
+        self.clips: dict[int, list[np.ndarray]] = {}
+
+    def send(self, message: dp.WorkerMessage) -> None:
+        self.sent.append(message)
+        if isinstance(message, (dp.WorkerReady, dp.VideoDecoded, dp.VideoFailed)):
+            self.commands.append(self.jobs.popleft() if self.jobs else dp.StopWorker())
+        elif isinstance(message, dp.NeedSlots):
+            self.block = np.zeros((self.slots, message.nbytes), np.uint8)
+            self.commands.append(dp.LendSlots(0, self.block))
+        elif isinstance(message, dp.ClipReady):
+            assert self.block is not None
+            size = int(np.prod(message.shape))
+            pixels = self.block[message.slot][:size].reshape(message.shape).copy()
+            self.clips.setdefault(message.number, []).append(pixels)
+            self.commands.append(dp.FreeSlot(0, message.slot))
+
+    def recv(self) -> dp.WorkerCommand:
+        return self.commands.popleft()
+
+
+MESSAGES = [
+    dp.DecodeVideo(0, job("a")),
+    dp.LendSlots(1, np.zeros((2, 8), np.uint8)),
+    dp.FreeSlot(1, 0),
+    dp.StopWorker(),
+    dp.WorkerReady(),
+    dp.NeedSlots(96),
+    dp.ClipReady(0, 1, 0, (1, 4, 2, 2, 3), np.ones(4, bool), np.zeros(3)),
+    dp.StillDecoding(0),
+    dp.VideoDecoded(0, 3, 10, 0.1, INFO, 0.5),
+    dp.VideoFailed(0, "DecodeError: x: broken"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_is_a_small_frozen_dataclass_that_survives_a_pipe(message):
+    assert dataclasses.is_dataclass(message)
+    first = dataclasses.fields(message)[0].name if dataclasses.fields(message) else None
+    if first is not None:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(message, first, None)
+    copy = pickle.loads(pickle.dumps(message))
+    assert type(copy) is type(message)
+    for field in dataclasses.fields(message):
+        assert np.array_equal(np.asarray(getattr(copy, field.name)), np.asarray(getattr(message, field.name)))
+
+
+def test_a_worker_speaks_the_protocol_in_order():
+    """Ready first, then slots asked for, one ClipReady per row (in row order), then the video's end."""
+    lengths = {"a": 7, "b": 3}
+    link = ScriptedLink([job("a"), job("b")])
+    dp.DecodeWorker(link, decode_spec(lengths), heartbeat_s=3600).serve()
+    kinds = [type(m).__name__ for m in link.sent]
+    assert kinds[:2] == ["WorkerReady", "NeedSlots"]
+    assert link.sent[1] == dp.NeedSlots(1 * 4 * 4 * 4 * 3)  # (crops, T, H, W, 3) uint8
+    ends = [m for m in link.sent if isinstance(m, dp.VideoDecoded)]
+    assert [(e.number, e.rows, e.frames, e.frame_duration) for e in ends] == [(0, 4, 7, 0.1), (1, 2, 3, 0.1)]
+    assert "StillDecoding" not in kinds  # heartbeats only after heartbeat_s
+    for number, key in enumerate(lengths):
+        rows = [m.row for m in link.sent if isinstance(m, dp.ClipReady) and m.number == number]
+        assert rows == list(range(len(rows)))
+        assert [int(c[0, 0, 0, 0, 0]) for c in link.clips[number]] == expected_first_frames(lengths[key])
+
+
+def test_a_failing_video_is_one_message_and_the_worker_takes_the_next_job():
+    link = ScriptedLink([job("bad"), job("good")])
+    dp.DecodeWorker(link, decode_spec({"bad": 9, "good": 5}, fail={"bad": 6}), heartbeat_s=3600).serve()
+    failed = [m for m in link.sent if isinstance(m, dp.VideoFailed)]
+    assert failed == [dp.VideoFailed(0, "DecodeError: x: decode error at frame 6")]
+    (end,) = [m for m in link.sent if isinstance(m, dp.VideoDecoded)]
+    assert (end.number, end.rows) == (1, 3)
+
+
+def test_a_video_without_frames_fails():
+    link = ScriptedLink([job("empty")])
+    dp.DecodeWorker(link, decode_spec({"empty": 0}), heartbeat_s=3600).serve()
+    (failed,) = [m for m in link.sent if isinstance(m, dp.VideoFailed)]
+    assert "zero decodable frames" in failed.error
+
+
+def _write_into_lent_slots(commands) -> None:
+    lent = commands.recv()
+    block = lent.block.map()
+    block[:] = np.arange(block.size, dtype=np.uint64).reshape(block.shape) % 251
+
+
+def test_shared_slots_written_by_a_worker_process_are_seen_by_the_pool():
+    views, shared = dp.shared_block(3, 1000)
+    assert isinstance(shared, dp.SharedBlock) and (shared.count, shared.nbytes) == (3, 1000)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_write_into_lent_slots, args=(receive,))
+    child.start()
+    send.send(dp.LendSlots(0, shared))
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert np.array_equal(views, np.arange(3000).reshape(3, 1000) % 251)
+
+
+def collect(pool: dp.DecodePool, videos: int) -> tuple[dict[int, list[int]], dict[int, object]]:
+    """Drain a started pool: first-frame values per video (releasing every slot), and each video's end."""
+    firsts: dict[int, list[int]] = {}
+    ends: dict[int, object] = {}
+    while len(ends) < videos:
+        item = pool.next_item(timeout=5.0)
+        assert item is not None and not isinstance(item, dp.PoolFailed), item
+        if isinstance(item, dp.DecodedClip):
+            firsts.setdefault(item.number, []).append(int(item.pixels[0, 0, 0, 0, 0]))
+            item.release()
+        else:
+            ends[item.number] = item
+    return firsts, ends
+
+
+@pytest.mark.parametrize("backend", dp.DECODE_BACKENDS)
+def test_a_pool_delivers_every_clip_and_every_end(backend):
+    lengths = {"a": 11, "b": 1, "c": 6, "bad": 8}
+    keys = list(lengths)
+    pool = dp.open_pool(
+        decode_spec(lengths, fail={"bad": 4}), backend=backend, workers=2, slots=2, timeout=30.0
+    )
+    assert pool.kind == backend
+    pool.start([(i, job(k)) for i, k in enumerate(keys)])
+    try:
+        firsts, ends = collect(pool, len(keys))
+    finally:
+        pool.close()
+    for number, key in enumerate(keys[:3]):
+        assert sorted(firsts[number]) == sorted(expected_first_frames(lengths[key]))
+        assert isinstance(ends[number], dp.VideoDecoded) and ends[number].rows == len(firsts[number])
+    assert ends[3] == dp.VideoFailed(3, "DecodeError: x: decode error at frame 4")
+    assert pool.replaced == 0 and not pool.workers and pool.exhausted()
+
+
+@pytest.mark.parametrize("backend", dp.DECODE_BACKENDS)
+def test_a_worker_waits_for_its_slots_to_come_back(backend):
+    """Back-pressure: with 2 slots and none released, no third clip comes; releasing one lets one more out."""
+    pool = dp.open_pool(decode_spec({"long": 40}), backend=backend, workers=1, slots=2, timeout=None)
+    pool.start([(0, job("long"))])
+    try:
+        held = [pool.next_item(timeout=10.0) for _ in range(2)]
+        assert all(isinstance(item, dp.DecodedClip) for item in held)
+        assert pool.next_item(timeout=1.0) is None
+        held[0].release()
+        third = pool.next_item(timeout=10.0)
+        assert isinstance(third, dp.DecodedClip) and third.row == 2
+        assert pool.next_item(timeout=1.0) is None
+    finally:
+        pool.close()
