@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config import usable_cpus
 from pipeline.io import Frame, SourceInfo
 from pipeline.runner import Engine, SourceOpener, VideoJob
 from pipeline.sampling import WindowSpec
@@ -528,7 +529,7 @@ def bench_main(
         "input_size": size,
         "fast_paths": fx.engine.model.describe(),
         "torch_threads": torch.get_num_threads(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         "videos": [str(v) for v in videos],
     }
     report["gflops_per_clip"] = gflops_per_clip(fx.engine.model.model, T, size)

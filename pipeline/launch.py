@@ -25,6 +25,8 @@ from typing import Any
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
+from pipeline.config import usable_cpus
+
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Any, int, int], Any]
@@ -320,7 +322,7 @@ def local_slots(hw: Any) -> list[int | None]:
     gpus = local_gpus(hw)
     if gpus:
         return list(gpus)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     return [None] * max(1, cpus // (hw.threads or cpus))
 
 
