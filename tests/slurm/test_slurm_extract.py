@@ -191,6 +191,7 @@ def test_wait_false_returns_and_a_dependent_job_consolidates(tmp_path: Path) -> 
         *SLURM,
         "hardware.num_shards=2",
         "hardware.wait=false",
+        timeout=60,  # returns right after submitting, not after the jobs
     )
     assert done.returncode == 0, _log(done)[-3000:]
     found = re.search(r"shards = job (\d+), consolidation = job (\d+)", _log(done))
