@@ -74,9 +74,10 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
     else:
         from pipeline.launch import launch_run
 
-        summaries = launch_run(cfg, output_dir)
-        if summaries is None:  # submitted without waiting (hardware.wait=false)
+        launched = launch_run(cfg, output_dir)
+        if launched is None:  # submitted without waiting (hardware.wait=false)
             return 0, {"output_dir": str(output_dir), "submitted": True}
+        summaries = launched
     complete = cfg.hardware.shard_index is None
     h5 = api.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
     report = api.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
