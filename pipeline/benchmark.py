@@ -25,16 +25,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from pipeline.config import usable_cpus
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine, VideoJob
-from pipeline.io import Frame, SourceInfo
+from pipeline.io import Frame, FrameSource, SourceInfo
+from pipeline.models.base import VideoModel
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 
@@ -321,7 +324,7 @@ def measure_e2e_interleaved(
     return summary
 
 
-def gflops_per_clip(model: torch.nn.Module, num_frames: int, size: int) -> float | None:
+def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:
     """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
     try:
         from fvcore.nn import FlopCountAnalysis
@@ -329,7 +332,7 @@ def gflops_per_clip(model: torch.nn.Module, num_frames: int, size: int) -> float
         return None
 
     class Features(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
+        def __init__(self, inner: VideoModel) -> None:
             super().__init__()
             self.inner = inner
 
@@ -361,7 +364,7 @@ class SyntheticSource:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Frame]:
         for i in range(self.frames):
             yield Frame(self.pool[i % len(self.pool)], i / 30, i)
 
@@ -371,8 +374,9 @@ class SyntheticOpener:
     frames: int
     size: int
 
-    def __call__(self, job: VideoJob) -> SyntheticSource:
-        return SyntheticSource(self.frames, self.size)
+    def __call__(self, job: VideoJob) -> FrameSource:
+        # duck-typed: the engine only enters, iterates and closes a source and reads its `info`
+        return cast(FrameSource, SyntheticSource(self.frames, self.size))
 
 
 def null_model(clips: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, None]:
@@ -395,7 +399,10 @@ def measure_transfer(
         decode_workers=s.decode_workers,
     )
     started = time.perf_counter()
-    rows = sum(len(r.features) for r in engine.run([VideoJob("t", Path("t"), "t")]))
+    rows = 0
+    for result in engine.run([VideoJob("t", Path("t"), "t")]):
+        assert result.features is not None, result.error
+        rows += len(result.features)
     seconds = time.perf_counter() - started
     clip_mb = num_frames * size * size * 3 / MB
     return {"clips_per_s": rows / seconds, "mb_per_s": rows * clip_mb / seconds}
@@ -529,7 +536,7 @@ def bench_main(
         "input_size": size,
         "fast_paths": fx.engine.model.describe(),
         "torch_threads": torch.get_num_threads(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         "videos": [str(v) for v in videos],
     }
     report["gflops_per_clip"] = gflops_per_clip(fx.engine.model.model, T, size)
@@ -541,7 +548,9 @@ def bench_main(
     first = videos[0]
     for backend in ("torch", "ffmpeg"):
         transform = FrameTransform(mode="square", size=(size, size), backend=backend)
-        opener = SourceOpener(fps=c.data.fps, resize=transform.decoder_resize)
+        resize = transform.decoder_resize
+        assert not callable(resize), "square mode: the decoder gets a fixed (w, h)"
+        opener = SourceOpener(fps=c.data.fps, resize=resize)
         decode[f"{backend}_resize_frames_per_s"] = measure_decode(
             first, opener, transform, decode_frames, max(2, s.repeats // 2)
         )
@@ -831,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     s = settings_of(args)
+    report: dict[str, Any]
     if args.probe_e2e:
         fx = make_extractor(s)
         report = {

@@ -113,7 +113,7 @@ class ResizeConfig:
     """`square` squashes to size [w, h]; `short_side` scales the short side then crops `crop` squares."""
 
     mode: ResizeMode = ResizeMode.square
-    size: list[int] = field(default_factory=lambda: ["${model.crop_size}", "${model.crop_size}"])
+    size: list[int] = field(default_factory=lambda: ["${model.crop_size}", "${model.crop_size}"])  # type: ignore[list-item]
     short_side: int = "${model.short_side}"  # type: ignore[assignment]
     crop: int = "${model.crop_size}"  # type: ignore[assignment]
     backend: ResizeBackend = ResizeBackend.torch
@@ -150,7 +150,11 @@ class DataConfig:
 
 @dataclass
 class HardwareConfig:
-    """Where and how the model runs; slurm_* style fields are used by the slurm launcher only."""
+    """Where and how the model runs, and how shards are launched (pipeline.launch).
+
+    The job settings from `gpus` on are the Slurm launcher's, except `gpus` (local launcher only) and
+    `timeout_min`, `setup`, `log_dir`, `signal_delay_s` (both launchers); the inprocess run ignores them.
+    """
 
     name: str = "cpu"
     launcher: Launcher = Launcher.inprocess
@@ -166,7 +170,8 @@ class HardwareConfig:
     queue_size: int = 16
     num_shards: int = 1
     shard_index: int | None = None
-    wait: bool = True
+    wait: bool = True  # Slurm: false submits the array + a consolidation job and returns
+    # job settings (see the docstring for which launcher reads which)
     gpus: list[int] | None = None
     partition: str | None = None
     account: str | None = None

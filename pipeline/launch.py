@@ -19,17 +19,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
+from pipeline.config import ExtractConfig, HardwareConfig, usable_cpus
+
+if TYPE_CHECKING:
+    from pipeline.run import ShardSummary
+
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[Any, int, int], Any]
+RunFn = Callable[[ExtractConfig, int, int], Any]
 """run_fn(cfg, shard_index, num_shards) -> the shard's summary (pipeline.run.run_shard)."""
-ConsolidateFn = Callable[[Any, list["ShardOutcome"]], Any]
+ConsolidateFn = Callable[[ExtractConfig, list["ShardOutcome"]], Any]
 """consolidate_fn(cfg, outcomes): runs after every shard has ended (Slurm, hardware.wait=false)."""
 
 STDERR_TAIL_LINES = 20
@@ -43,9 +49,9 @@ class LaunchError(RuntimeError):
     """A launch that cannot go on (no sbatch, a rejected submission, failed shards): one clear line."""
 
 
-def _name(value: Any) -> str:
+def _name(value: Enum | str) -> str:
     """The plain string of an enum member or a string."""
-    return str(getattr(value, "value", value))
+    return str(value.value if isinstance(value, Enum) else value)
 
 
 def _one_line(text: str) -> str:
@@ -67,7 +73,7 @@ def _setup_job_logging() -> None:
     ours.setLevel(logging.INFO)
 
 
-def _default_run_fn(cfg: Any, shard_index: int, num_shards: int) -> Any:
+def _default_run_fn(cfg: ExtractConfig, shard_index: int, num_shards: int) -> ShardSummary:
     from pipeline.run import run_shard
 
     return run_shard(cfg, shard_index, num_shards)
@@ -79,7 +85,7 @@ class ShardTask(submitit.helpers.Checkpointable):
     def __init__(self, run_fn: RunFn | None = None) -> None:
         self.run_fn = run_fn
 
-    def __call__(self, cfg: Any, shard_index: int, num_shards: int) -> Any:
+    def __call__(self, cfg: ExtractConfig, shard_index: int, num_shards: int) -> Any:
         _setup_job_logging()
         log.info(
             "shard %d/%d starting on %s (CUDA_VISIBLE_DEVICES=%s)",
@@ -104,10 +110,10 @@ class ConsolidateTask(submitit.helpers.Checkpointable):
     def __init__(self, consolidate_fn: ConsolidateFn) -> None:
         self.consolidate_fn = consolidate_fn
 
-    def __call__(self, cfg: Any, folder: str, job_ids: dict[int, str]) -> Any:
+    def __call__(self, cfg: ExtractConfig, folder: str, job_ids: dict[int, str]) -> Any:
         _setup_job_logging()
         states = slurm_states(list(job_ids.values())) or {}
-        outcomes = []
+        outcomes: list[ShardOutcome] = []
         for shard, job_id in sorted(job_ids.items()):
             state = states.get(job_id, "UNKNOWN")
             outcomes.append(
@@ -230,32 +236,23 @@ def _require_slurm() -> None:
         )
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers as plain dicts/lists (submitit writes them into sbatch files)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return value
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def make_executor(hw: Any, folder: Path | str, *, gpus_per_node: int | None = None) -> submitit.Executor:
+def make_executor(
+    hw: HardwareConfig, folder: Path | str, *, gpus_per_node: int | None = None
+) -> submitit.Executor:
     """A submitit executor for `hw.launcher` ("local" or "slurm") writing its files under `folder`.
 
     `gpus_per_node` overrides `hw.gpus_per_node` (Slurm; the consolidation job asks for none).
     """
     launcher = _name(hw.launcher)
     if launcher == "local":
-        executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(
+        local = submitit.LocalExecutor(folder=str(folder))
+        local.update_parameters(
             timeout_min=hw.timeout_min,
             signal_delay_s=hw.signal_delay_s,
             gpus_per_node=0,
-            setup=list(_plain(hw.setup) or []),
+            setup=list(hw.setup or []),
         )
-        return executor
+        return local
     if launcher != "slurm":
         raise LaunchError(
             f"hardware.launcher={launcher}: only 'local' and 'slurm' submit jobs "
@@ -276,8 +273,8 @@ def make_executor(hw: Any, folder: Path | str, *, gpus_per_node: int | None = No
         "slurm_constraint": hw.constraint,
         "slurm_array_parallelism": int(hw.array_parallelism),
         "slurm_signal_delay_s": int(hw.signal_delay_s),
-        "slurm_additional_parameters": dict(_plain(hw.additional_parameters) or {}),
-        "slurm_setup": list(_plain(hw.setup) or []),
+        "slurm_additional_parameters": dict(hw.additional_parameters or {}),
+        "slurm_setup": list(hw.setup or []),
     }
     if hw.mem_gb is not None:
         params["mem_gb"] = hw.mem_gb
@@ -288,7 +285,7 @@ def make_executor(hw: Any, folder: Path | str, *, gpus_per_node: int | None = No
     return executor
 
 
-def local_gpus(hw: Any) -> list[int]:
+def local_gpus(hw: HardwareConfig) -> list[int]:
     """GPU ids for the local launcher, one worker each; [] on the CPU."""
     if _name(hw.device) != "cuda":
         return []
@@ -315,12 +312,12 @@ def local_gpus(hw: Any) -> list[int]:
     return gpus
 
 
-def local_slots(hw: Any) -> list[int | None]:
+def local_slots(hw: HardwareConfig) -> list[int | None]:
     """Concurrent local workers: one per GPU, or CPUs // hardware.threads on the CPU (at least one)."""
     gpus = local_gpus(hw)
     if gpus:
         return list(gpus)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     return [None] * max(1, cpus // (hw.threads or cpus))
 
 
@@ -446,7 +443,7 @@ class WaitOptions:
 # --- launching ----------------------------------------------------------------------------------
 
 
-def _job_name(cfg: Any) -> str:
+def _job_name(cfg: ExtractConfig) -> str:
     model = getattr(getattr(cfg, "model", None), "name", None)
     return f"extract-{model}" if model else "extract"
 
@@ -458,7 +455,7 @@ def _submission_error(error: Exception) -> LaunchError:
 
 
 def launch_shards(
-    cfg: Any,
+    cfg: ExtractConfig,
     shards: Sequence[int],
     num_shards: int,
     *,
@@ -521,7 +518,7 @@ def launch_shards(
 
 
 def _submit_consolidation(
-    cfg: Any, hw: Any, folder: Path, result: LaunchResult, consolidate_fn: ConsolidateFn
+    cfg: ExtractConfig, hw: HardwareConfig, folder: Path, result: LaunchResult, consolidate_fn: ConsolidateFn
 ) -> str:
     """Submit the job that runs after the whole array (afterany); cancel the array if sbatch refuses it."""
     executor = make_executor(hw, folder, gpus_per_node=0)
@@ -624,7 +621,12 @@ def _wait_slurm(result: LaunchResult, options: WaitOptions) -> list[ShardOutcome
 
 
 def _run_local(
-    cfg: Any, task: ShardTask, shards: list[int], num_shards: int, folder: Path, options: WaitOptions
+    cfg: ExtractConfig,
+    task: ShardTask,
+    shards: list[int],
+    num_shards: int,
+    folder: Path,
+    options: WaitOptions,
 ) -> LaunchResult:
     """Run the shards as local submitit jobs, at most one per GPU (or CPU slot) at a time, and wait."""
     hw = cfg.hardware
@@ -633,7 +635,7 @@ def _run_local(
     poll_s = options.poll_s if options.poll_s is not None else 1.0
     result = LaunchResult("local", folder)
     queue = list(shards)
-    running: dict[int, tuple[int, Any]] = {}  # slot index -> (shard, job)
+    running: dict[int, tuple[int, submitit.Job[Any]]] = {}  # slot index -> (shard, job)
     outcomes: dict[int, ShardOutcome] = {}
     progress = ShardProgress(len(shards), options.log_every_s)
     log.info(
@@ -684,19 +686,19 @@ def _run_local(
 # --- the pipeline's use (python -m pipeline.extract) --------------------------------------------
 
 
-def shard_count(hw: Any) -> int:
+def shard_count(hw: HardwareConfig) -> int:
     """hardware.num_shards, where 0 (local launcher) means one shard per GPU / CPU worker."""
     return int(hw.num_shards) if hw.num_shards > 0 else len(local_slots(hw))
 
 
-def shards_to_run(cfg: Any, num_shards: int) -> tuple[list[int], list[Any]]:
+def shards_to_run(cfg: ExtractConfig, num_shards: int) -> tuple[list[int], list[ShardSummary]]:
     """The wanted shards that still have videos to extract, and summaries of those with nothing to do."""
     from pipeline.run import ShardSummary, plan_run
 
     hw = cfg.hardware
     wanted = [hw.shard_index] if hw.shard_index is not None else list(range(num_shards))
     todo: list[int] = []
-    complete: list[Any] = []
+    complete: list[ShardSummary] = []
     for shard in wanted:
         _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
         if any(decisions[e.key].run for e in entries if not e.error):
@@ -713,7 +715,11 @@ def _failed_shards_line(failed: Sequence[ShardOutcome]) -> str:
 
 
 def finish_detached(
-    cfg: Any, outcomes: list[ShardOutcome], *, output_dir: str, complete: list[Any]
+    cfg: ExtractConfig,
+    outcomes: list[ShardOutcome],
+    *,
+    output_dir: str,
+    complete: list[ShardSummary],
 ) -> dict[str, Any]:
     """The consolidation job of a run submitted without waiting: HDF5 + run record, like a waiting run."""
     from pipeline.run import consolidate_outputs, finish_run
@@ -727,17 +733,11 @@ def finish_detached(
     return finish_run(cfg, out, summaries, None, h5)
 
 
-def _with_num_shards(cfg: Any, num_shards: int) -> Any:
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, num_shards=num_shards))
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(cfg)  # a copy
-    cfg.hardware.num_shards = num_shards
-    return cfg
+def _with_num_shards(cfg: ExtractConfig, num_shards: int) -> ExtractConfig:
+    return dataclasses.replace(cfg, hardware=dataclasses.replace(cfg.hardware, num_shards=num_shards))
 
 
-def launch_run(cfg: Any, output_dir: Path) -> list[Any] | None:
+def launch_run(cfg: ExtractConfig, output_dir: Path) -> list[ShardSummary] | None:
     """Run a whole extraction with the local or Slurm launcher; shard summaries, or None if not waiting.
 
     Raises LaunchError (after logging each failure with its logs) when a shard job failed.

@@ -18,7 +18,7 @@ import pytest
 import submitit
 from submitit.core.utils import JobPaths, cloudpickle_dump
 
-from pipeline.config import HardwareConfig
+from pipeline.config import HardwareConfig, usable_cpus
 from pipeline.launch import (
     LaunchError,
     ShardOutcome,
@@ -144,7 +144,7 @@ def test_local_gpus_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_local_cpu_slots_follow_threads() -> None:
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     assert local_slots(HardwareConfig(device="cpu", threads=1)) == [None] * cpus
     assert local_slots(HardwareConfig(device="cpu", threads=None)) == [None]
     assert local_slots(HardwareConfig(device="cpu", threads=cpus * 4)) == [None]
@@ -266,20 +266,20 @@ def test_slurm_rejection_is_one_line_with_sbatch_text(
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.timeout(20)
 def test_waiting_marks_jobs_unknown_to_slurm_as_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # squeue and sacct answer but know nothing about the jobs: the wait must end, not hang
     _fake_path(
         tmp_path, monkeypatch, sbatch=SBATCH_OK, srun="#!/bin/sh\n", sacct="#!/bin/sh\n", squeue="#!/bin/sh\n"
     )
-    started = time.monotonic()
     result = launch_shards(
         _cfg(launcher="slurm"), [0, 1], 2, run_fn=report_env, folder=tmp_path / "logs", wait_options=FAST
     )
-    assert time.monotonic() - started < 20
     assert [o.state for o in result.outcomes] == ["LOST (never listed)"] * 2
     assert all(o.error == "never listed by squeue or sacct" for o in result.failed)
 
 
+@pytest.mark.timeout(15)
 def test_waiting_sees_a_task_missing_from_its_listed_array_as_cancelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,11 +291,9 @@ def test_waiting_sees_a_task_missing_from_its_listed_array_as_cancelled(
     folder = tmp_path / "logs"
     folder.mkdir()
     cloudpickle_dump(("success", "done"), JobPaths(folder, "42_0", 0).result_pickle)
-    started = time.monotonic()
     result = launch_shards(
         _cfg(launcher="slurm"), [0, 1], 2, run_fn=report_env, folder=folder, wait_options=FAST
     )
-    assert time.monotonic() - started < 15
     assert [o.state for o in result.outcomes] == ["COMPLETED", "CANCELLED"]
     assert result.results == {0: "done"}
     assert result.failed[0].error == "cancelled before it started (Slurm keeps no record of it)"

@@ -222,6 +222,7 @@ def test_worker_killed_from_outside_mid_video(tmp_path):
     assert np.array_equal(results["v3"].features, expected_pixels(3, 12))
 
 
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("backend", ["process", "thread"])
 def test_a_hanging_video_is_failed_by_the_timeout(backend):
     lengths = (12, 30, 12, 12)
@@ -229,9 +230,7 @@ def test_a_hanging_video_is_failed_by_the_timeout(backend):
     run = engine(
         PixelModel(), opener, batch_size=2, decode_workers=2, decode_timeout=1.0, decode_backend=backend
     )
-    started = time.monotonic()
     results = {r.job.key: r for r in run.run(jobs(len(lengths)))}
-    assert time.monotonic() - started < 20
     assert (
         results["v1"].error == "DecodeTimeout: v1.mp4: no decoding progress for 1 s (data.decode_timeout_s)"
     )

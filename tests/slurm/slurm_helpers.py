@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -31,3 +31,19 @@ def sacct_state(job_id: str) -> str:
         if jid == job_id:
             return state.split()[0] if state else ""
     return ""
+
+
+def wait_for_sacct(job_ids: str | Iterable[str], state: str, timeout_s: float = 60) -> None:
+    """Poll sacct until every job reads `state` (accounting lags behind the jobs); fail naming the last states."""
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    last: dict[str, str] = {}
+
+    def reached() -> bool:
+        last.update({job_id: sacct_state(job_id) for job_id in ids})
+        return all(last[job_id] == state for job_id in ids)
+
+    deadline = time.monotonic() + timeout_s
+    while not reached():
+        if time.monotonic() > deadline:
+            pytest.fail(f"sacct did not record {state} within {timeout_s:.0f} s; last states: {last}")
+        time.sleep(1.0)

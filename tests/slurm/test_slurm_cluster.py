@@ -14,7 +14,7 @@ import pytest
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from tests.slurm.slurm_helpers import sacct_state, wait_for
+from tests.slurm.slurm_helpers import wait_for, wait_for_sacct
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -77,7 +77,7 @@ def test_job_array_of_three_runs_and_returns(tmp_path: Path) -> None:
     assert [job.job_id.split("_")[1] for job in jobs] == ["0", "1", "2"]
     results = [_result_within(job, 90) for job in jobs]
     assert results == [(1, "0"), (4, "1"), (9, "2")]
-    wait_for(lambda: all(sacct_state(j.job_id) == "COMPLETED" for j in jobs), 30, "sacct to record COMPLETED")
+    wait_for_sacct([j.job_id for j in jobs], "COMPLETED", 30)
 
 
 @pytest.mark.timeout(120)
@@ -87,7 +87,7 @@ def test_cancelled_job_is_seen_as_cancelled_without_hanging(tmp_path: Path) -> N
     job.cancel()
     wait_for(lambda: job.done(force_check=True), 30, "submitit to see the cancelled job as done")
     assert job.state.startswith("CANCELLED")
-    assert sacct_state(job.job_id) == "CANCELLED"
+    wait_for_sacct(job.job_id, "CANCELLED", 30)
     with pytest.raises(UncompletedJobError, match="has not produced any output"):
         _result_within(job, 60)
 
@@ -102,7 +102,7 @@ def test_usr2_checkpoints_requeues_and_finishes(tmp_path: Path) -> None:
     assert log_path.read_text().splitlines() == ["start", "start"]
     stdout = job.stdout() or ""
     assert "this job is preempted" in stdout and "Calling checkpoint method" in stdout
-    wait_for(lambda: sacct_state(job.job_id) == "COMPLETED", 30, "sacct to record COMPLETED")
+    wait_for_sacct(job.job_id, "COMPLETED", 30)
 
 
 @pytest.mark.timeout(150)

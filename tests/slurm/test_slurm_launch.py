@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.config import HardwareConfig
 from pipeline.launch import LaunchError, ShardOutcome, WaitOptions, launch_shards
-from tests.slurm.slurm_helpers import sacct_state, wait_for
+from tests.slurm.slurm_helpers import wait_for, wait_for_sacct
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -137,9 +137,7 @@ def test_failed_and_cancelled_shards_are_reported_without_hanging(tmp_path: Path
         subprocess.run(["scancel", marker.read_text()], check=True, timeout=30)
 
     canceller = _in_background(cancel_shard_2)
-    started = time.monotonic()
     result = launch_shards(cfg, [0, 1, 2], 3, run_fn=mixed_fates, folder=tmp_path / "logs")
-    assert time.monotonic() - started < 100
     canceller.join(timeout=5)
     assert result.results == {0: {"shard": 0}}
     by_shard = {o.shard: o for o in result.failed}
@@ -207,7 +205,7 @@ def test_usr2_preemption_requeues_the_shard_which_then_finishes(tmp_path: Path) 
 def test_wait_false_submits_a_consolidation_job_after_the_array(tmp_path: Path) -> None:
     cfg = _cfg(wait=False, gpus_per_node=1)
     cfg.workdir = str(tmp_path)
-    started = time.monotonic()
+    done = tmp_path / "consolidated.json"
     result = launch_shards(
         cfg,
         [0, 1, 2],
@@ -216,10 +214,9 @@ def test_wait_false_submits_a_consolidation_job_after_the_array(tmp_path: Path) 
         consolidate_fn=record_consolidation,
         folder=tmp_path / "logs",
     )
-    assert time.monotonic() - started < 15, "wait=false returns right after submitting"
+    assert not done.exists(), "wait=false returns right after submitting, before the consolidation ran"
     assert not result.waited and result.outcomes == [] and result.consolidate_job_id
     follow = result.consolidate_job_id
-    done = tmp_path / "consolidated.json"
     wait_for(done.is_file, 120, "the consolidation job")
     data = json.loads(done.read_text())
     by_shard = {o["shard"]: o for o in data["outcomes"]}
@@ -229,7 +226,7 @@ def test_wait_false_submits_a_consolidation_job_after_the_array(tmp_path: Path) 
     assert data["start"] >= max(ends), "afterany: consolidation starts after every shard ended"
     assert data["gpus"] is None, "the consolidation job asks for no GPU"
     assert all(by_shard[s]["result"]["gpus"] == "1" for s in (0, 2)), "the shards got theirs"
-    wait_for(lambda: sacct_state(follow) == "COMPLETED", 60, "sacct to record the consolidation job")
+    wait_for_sacct(follow, "COMPLETED")
 
 
 @pytest.mark.timeout(60)
