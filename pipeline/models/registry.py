@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -124,9 +125,16 @@ def _resnet(
     )
 
 
-def _x3d(size: str, num_frames: int, sampling_rate: int, crop: int, depth_factor: float) -> ModelSpec:
-    """A Kinetics-400 X3D spec; features from lin_5 (2048) by default, or conv_5 (432)."""
+def _x3d(
+    size: str, num_frames: int, sampling_rate: int, crop: int, train_crop: int, depth_factor: float
+) -> ModelSpec:
+    """A Kinetics-400 X3D spec; features from lin_5 (2048) by default, or conv_5 (432).
+
+    The head pools with PySlowFast's kernel (num_frames, ceil(train_crop / 32) x2), so the test crop
+    (larger) leaves several positions that lin_5 sees one by one.
+    """
     file = f"x3d_{size}.pyth"
+    spatial_kernel = math.ceil(train_crop / 32)
     return ModelSpec(
         name=f"x3d_{size}",
         arch="x3d",
@@ -138,7 +146,12 @@ def _x3d(size: str, num_frames: int, sampling_rate: int, crop: int, depth_factor
         zoo_url=_X3D_ZOO + file,
         zoo_filename=file,
         feature_layers=("lin_5", "conv_5"),
-        builder_kwargs={"width_factor": 2.0, "depth_factor": depth_factor, "bottleneck_factor": 2.25},
+        builder_kwargs={
+            "width_factor": 2.0,
+            "depth_factor": depth_factor,
+            "bottleneck_factor": 2.25,
+            "head_pool": (num_frames, spatial_kernel, spatial_kernel),
+        },
     )
 
 
@@ -209,10 +222,10 @@ def _register_defaults() -> None:
             nonlocal_instantiation="softmax",
         )
     )
-    register_model(_x3d("xs", 4, 12, 182, 2.2))
-    register_model(_x3d("s", 13, 6, 182, 2.2))
-    register_model(_x3d("m", 16, 5, 256, 2.2))
-    register_model(_x3d("l", 16, 5, 356, 5.0))
+    register_model(_x3d("xs", 4, 12, 182, 160, 2.2))
+    register_model(_x3d("s", 13, 6, 182, 160, 2.2))
+    register_model(_x3d("m", 16, 5, 256, 224, 2.2))
+    register_model(_x3d("l", 16, 5, 356, 312, 5.0))
 
     tiny = {"width_per_group": 4, "blocks": (1, 1, 1, 1)}
     register_model(
