@@ -31,6 +31,7 @@ __all__ = [
     "download",
     "download_command",
     "fetch_zoo",
+    "manual_download_hint",
     "resolve_zoo",
 ]
 
@@ -69,6 +70,8 @@ class ZooSpec(Protocol):
     def zoo_sha256(self) -> str | None: ...
     @property
     def zoo_filename(self) -> str | None: ...
+    @property
+    def zoo_manual(self) -> bool: ...
 
 
 def cache_dir() -> Path:
@@ -95,6 +98,14 @@ def download_command(name: str) -> str:
     return f"python scripts/download_weights.py {name}"
 
 
+def manual_download_hint(spec: ZooSpec, path: Path) -> str:
+    """How to bring weights whose zoo link is a web page (shared drive) rather than a file."""
+    return (
+        f"the zoo link of {spec.name!r} is a web page, not a direct download: open {spec.zoo_url} in a "
+        f"browser, download {spec.zoo_filename} and put it at {path} (or pass model.checkpoint=<its path>)"
+    )
+
+
 def _get_spec(name: str) -> ZooSpec:
     """Registry look-up, imported lazily so this module loads without the model code."""
     from pipeline.models.registry import get_spec
@@ -108,6 +119,10 @@ def resolve_zoo(name: str, *, cache: Path | None = None) -> Path:
     if not spec.zoo_url and not spec.zoo_filename:
         raise WeightsError(f"model {name!r} has no zoo weights; pass a checkpoint path instead")
     path = cached_path(spec, cache)
+    if not path.is_file() and spec.zoo_manual:
+        raise WeightsNotFoundError(
+            f"weights of {name!r} are not in the cache; {manual_download_hint(spec, path)}"
+        )
     if not path.is_file():
         env_hint = f" --cache {path.parent.parent}" if cache is not None else ""
         raise WeightsNotFoundError(
@@ -262,6 +277,11 @@ def fetch_zoo(
     if not source:
         raise WeightsError(f"model {spec.name!r} has no zoo URL; pass one with --url-override")
     dest = cached_path(spec, cache, url=source)
+    if spec.zoo_manual and url is None:
+        if dest.is_file() and not force:
+            log.info("%s: already cached at %s", spec.name, dest)
+            return dest
+        raise WeightsError(manual_download_hint(spec, dest))
     if dest.is_file() and not force:
         if spec.zoo_sha256 is None or file_sha256(dest).lower() == spec.zoo_sha256.lower():
             log.info("%s: already cached at %s", spec.name, dest)

@@ -63,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name in zoo_names:
             path = cached_path(get_spec(name), args.cache)
-            print(f"{name:24s} {'cached' if path.is_file() else 'missing':8s} {path}")
+            state = "cached" if path.is_file() else "manual" if get_spec(name).zoo_manual else "missing"
+            print(f"{name:24s} {state:8s} {path}")
         return 0
+    if args.all:  # shared-drive pages cannot be fetched: --all leaves them out, naming them
+        manual = [name for name in zoo_names if get_spec(name).zoo_manual]
+        for name in manual:
+            print(f"skipped {name}: download by hand from {get_spec(name).zoo_url}", file=sys.stderr)
+        zoo_names = [name for name in zoo_names if name not in manual]
     if args.all and args.names:
         parser.error("give model names or --all, not both")
     names = zoo_names if args.all else list(dict.fromkeys(args.names))

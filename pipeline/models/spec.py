@@ -25,6 +25,8 @@ class ModelSpec:
     zoo_url: str | None = None
     zoo_sha256: str | None = None
     zoo_filename: str | None = None
+    # zoo_url is a web page (a shared drive), not a direct download: the user brings the file by hand.
+    zoo_manual: bool = False
     feature_layers: tuple[str, ...] = ("pool",)  # first one is the default
     labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
@@ -36,6 +38,10 @@ class ModelSpec:
             raise ValueError(f"model spec {self.name!r}: feature_layers must not be empty")
         if self.arch == "slowfast" and not self.alpha:
             raise ValueError(f"model spec {self.name!r}: arch 'slowfast' needs alpha")
+        if self.zoo_manual and not (self.zoo_url and self.zoo_filename):
+            raise ValueError(
+                f"model spec {self.name!r}: zoo_manual needs zoo_url (the page) and zoo_filename"
+            )
         if self.alpha and self.num_frames % self.alpha:
             raise ValueError(
                 f"model spec {self.name!r}: num_frames {self.num_frames} is not divisible by alpha {self.alpha}"
