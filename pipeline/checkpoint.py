@@ -460,8 +460,8 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
             continue
         to_load[key] = value
     for key in model_state:
-        if key in to_load or key.endswith("num_batches_tracked"):
-            continue
+        if key in to_load or key in state or key.endswith("num_batches_tracked"):
+            continue  # a key of the checkpoint that did not load is a shape mismatch (or a skipped head)
         if is_head_key(key) and not require_head:
             head_problem = True
         else:

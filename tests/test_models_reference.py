@@ -84,6 +84,48 @@ def test_r101_equal_to_reference(name: str) -> None:
     run_against_reference(name, crop=64, num_frames=16)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "slowfast_r50_16x8_ssv2",
+        "slowfast_r50_16x8_charades_multigrid",
+        "slowfast_r50_8x8_stepwise",
+    ],
+)
+def test_dataset_zoo_equal_to_reference(name: str) -> None:
+    # SSv2 / Charades / multigrid Kinetics (fusion kernel 7, 174 / 157 classes); T=16 keeps it quick
+    # (slow T=4 still meets every temporal kernel).
+    run_against_reference(name, crop=64, num_frames=16)
+
+
+def test_k600_r101_non_local_equals_reference() -> None:
+    """R101 with dot-product non-local blocks after res4 blocks 6, 13, 20 of the slow pathway."""
+    torch.manual_seed(0)
+    theirs, _ = reference_for_spec("slowfast_r101_nl_8x8_k600", 16, 64)
+    # Random dot-product attention amplifies ~1000x per block (1e33 after three): damp theta / phi so
+    # the comparison stays finite and every pathway counts, as trained weights are.
+    with torch.no_grad():
+        for name, module in theirs.named_modules():
+            if "nonlocal" in name and hasattr(module, "conv_theta"):
+                module.conv_theta.weight.mul_(0.05)
+                module.conv_phi.weight.mul_(0.05)
+    ours = build_model("slowfast_r101_nl_8x8_k600")
+    assert sum("nonlocal" in k for k in ours.state_dict()) == 3 * 13
+    clips = torch.randn(2, 3, 16, 64, 64, generator=torch.Generator().manual_seed(7))
+    assert_equal_to_reference(ours, theirs, clips)
+
+
+def test_dataset_zoo_state_dicts_equal_reference() -> None:
+    for name in ("slowfast_r50_16x8_ssv2", "slowfast_r50_16x8_charades", "slowfast_r101_nl_16x8_k600"):
+        with torch.device("meta"):
+            ours = build_model(name)
+        theirs, _ = reference_for_spec(name, crop=64)
+        mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+        ref = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+        assert mine == ref, name
+        assert ref["head.projection.weight"] == (get_spec(name).num_classes, 2304)
+
+
 def test_features_fn_reads_the_projection_input() -> None:
     theirs, features_fn = reference_for_spec("slow_r50_4x16", crop=64)
     randomize_(theirs, seed=2)

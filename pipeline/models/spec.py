@@ -29,11 +29,14 @@ class ModelSpec:
     zoo_manual: bool = False
     feature_layers: tuple[str, ...] = ("pool",)  # first one is the default
     labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
+    head_act: str = "softmax"  # what PySlowFast applies to the logits: "softmax" | "sigmoid" (multi-label)
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"model spec {self.name!r}: channel_order must be 'rgb' or 'bgr'")
+        if self.head_act not in ("softmax", "sigmoid"):
+            raise ValueError(f"model spec {self.name!r}: head_act must be 'softmax' or 'sigmoid'")
         if not self.feature_layers:
             raise ValueError(f"model spec {self.name!r}: feature_layers must not be empty")
         if self.arch == "slowfast" and not self.alpha:
