@@ -126,6 +126,24 @@ def test_dataset_zoo_state_dicts_equal_reference() -> None:
         assert ref["head.projection.weight"] == (get_spec(name).num_classes, 2304)
 
 
+def test_global_mean_head_versus_fully_convolutional_test_at_a_larger_crop() -> None:
+    """The README's head note: at the train crop our global mean is PySlowFast's head; at a larger crop
+    PySlowFast averages several train-crop windows (border weighs less), which our features do not."""
+    theirs, _ = reference_model("slowonly", 4, 96, width_per_group=8)  # head kernel from a 96 train crop: 3x3
+    randomize_(theirs, seed=1)
+    ours = build_model("slow_r50_4x16", width_per_group=8)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    errors = {}
+    for crop in (96, 128):
+        inputs = ours.pathways(torch.randn(2, 3, 4, crop, crop, generator=torch.Generator().manual_seed(3)))
+        ref = module_outputs(theirs, inputs, ["head.projection"], with_input=True)["head.projection:input"]
+        with torch.inference_mode():
+            features = ours.forward_features(inputs)
+        errors[crop] = (ref.shape[1:4], relative_error(features, ref.mean((1, 2, 3))))
+    assert errors[96][0] == (1, 1, 1) and errors[96][1] < RTOL
+    assert errors[128][0] == (1, 2, 2) and errors[128][1] > 1e-2
+
+
 def test_features_fn_reads_the_projection_input() -> None:
     theirs, features_fn = reference_for_spec("slow_r50_4x16", crop=64)
     randomize_(theirs, seed=2)
