@@ -305,7 +305,9 @@ def _reference_converter():
     try:
         from slowfast.utils.c2_model_loading import get_name_convert_func
     except ImportError as e:
-        pytest.skip(f"slowfast==1.0 reference not importable: {e}")
+        from tests.reference import skip_or_fail
+
+        skip_or_fail(f"slowfast==1.0 reference not importable: {e}")
     return get_name_convert_func()
 
 

@@ -11,6 +11,7 @@ from reference import (
     reference_model,
     relative_error,
     require_reference,
+    skip_or_fail,
 )
 
 from pipeline.models import build_model, get_spec
@@ -204,7 +205,7 @@ def test_pathways_match_reference_packing() -> None:
     try:
         from slowfast.datasets.utils import pack_pathway_output
     except ImportError as exc:  # their datasets package needs cv2
-        pytest.skip(f"slowfast.datasets not importable: {exc}")
+        skip_or_fail(f"slowfast.datasets not importable: {exc}")
     from reference import reference_cfg
 
     cfg = reference_cfg("slowfast", 32, 64, alpha=4)
