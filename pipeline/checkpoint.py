@@ -4,6 +4,9 @@ The format is sniffed from the file's bytes, never its extension. Caffe2 pickles
 restricted unpickler that only rebuilds numpy arrays, so a crafted file cannot run code; PyTorch files
 go through ``torch.load(weights_only=True)``. Every backbone tensor must be filled: there is no fallback
 to random weights. The classifier (``head.projection*``) may be skipped when the caller does not need it.
+Training extras PySlowFast-style files carry (``optimizer_state``, ``epoch``, ``cfg``, an EMA copy of the
+weights under an ``ema`` prefix, non-tensor entries of ``model_state``) are not loaded and are named in one
+log line; any other key the model lacks is an error.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ __all__ = [
     "caffe2_to_pyslowfast",
     "file_sha256",
     "is_head_key",
+    "is_training_extra",
     "load_checkpoint",
     "read_state_dict",
     "sniff_format",
+    "summarize_ignored",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,8 +162,12 @@ def _weights_only_reason(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _read_pytorch(path: Path) -> dict[str, torch.Tensor]:
-    """Model state of a torch.save file, keys without a DataParallel 'module.' prefix."""
+def _read_pytorch(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Model state of a torch.save file (keys without a DataParallel 'module.' prefix) and what was left.
+
+    The second item names the entries not taken: top-level keys beside 'model_state' / 'state_dict'
+    (optimizer_state, epoch, cfg, ...) and non-tensor entries inside it. A bare dict must hold only tensors.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -169,13 +178,19 @@ def _read_pytorch(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, f"is truncated or corrupt ({describe_error(e, with_class=False)})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
+    left: list[str] = []
+    wrapped = False
     for key in ("model_state", "state_dict"):
         if key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
+            left = [str(k) for k in obj if k != key]
+            obj, wrapped = obj[key], True
             break
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
+            if wrapped:
+                left.append(str(key))
+                continue
             raise CheckpointError(
                 path,
                 f"entry {key!r} is a {type(value).__name__}, not a tensor "
@@ -187,7 +202,7 @@ def _read_pytorch(path: Path) -> dict[str, torch.Tensor]:
         state[name] = value
     if not state:
         raise CheckpointError(path, "holds no tensors")
-    return state
+    return state, left
 
 
 # --------------------------------------------------------------------------- Caffe2 files
@@ -360,13 +375,37 @@ def read_state_dict(path: Path | str) -> CheckpointState:
     path = Path(path)
     fmt = sniff_format(path)
     if fmt == "pytorch":
-        return CheckpointState("pytorch", _read_pytorch(path), ())
+        state, left = _read_pytorch(path)
+        return CheckpointState("pytorch", state, tuple(left))
     return _convert_caffe2(path, _read_caffe2(path))
 
 
 def is_head_key(key: str) -> bool:
     """True for the classifier's keys (head.projection, head.projection_verb, ...), not X3D's lin_5."""
     return key.startswith(_HEAD_PREFIX)
+
+
+_TRAINING_EXTRA = re.compile(r"(?:^|_)ema(?:$|_)|^optim|^scaler|^(?:lr_)?sched", re.IGNORECASE)
+
+
+def is_training_extra(key: str, model_modules: set[str]) -> bool:
+    """A state key that holds training state, not weights: its first name part is an EMA copy
+    (`model_ema.`, `ema.`), optimizer, scaler or scheduler, and no module of the model is called that."""
+    first = key.split(".", 1)[0]
+    return first not in model_modules and bool(_TRAINING_EXTRA.search(first))
+
+
+def summarize_ignored(keys: list[str] | tuple[str, ...]) -> str:
+    """One line naming ignored entries, grouped by their first name part: 'model_ema.* (397), epoch, cfg'."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        first, dot, _ = key.partition(".")
+        group = f"{first}.*" if dot else "Caffe2 momentum blobs" if "momentum" in key else first
+        groups[group] = groups.get(group, 0) + 1
+    named = [f"{group} ({n})" if n > 1 else group for group, n in groups.items()]
+    return ", ".join(named[:_LIST_LIMIT]) + (
+        f" (+{len(named) - _LIST_LIMIT} more)" if len(named) > _LIST_LIMIT else ""
+    )
 
 
 def _short_list(items: list[str]) -> str:
@@ -393,6 +432,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
     pad = fmt == "caffe2"
 
     ignored = list(ignored_blobs)
+    model_modules = {key.split(".", 1)[0] for key in model_state}
     to_load: dict[str, torch.Tensor] = {}
     missing: list[str] = []
     unexpected: list[str] = []
@@ -401,7 +441,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
 
     for key, value in state.items():
         if key not in model_state:
-            if key.endswith("num_batches_tracked"):
+            if key.endswith("num_batches_tracked") or is_training_extra(key, model_modules):
                 ignored.append(key)
             elif is_head_key(key) and not require_head:
                 head_problem = True
@@ -420,8 +460,8 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
             continue
         to_load[key] = value
     for key in model_state:
-        if key in to_load or key.endswith("num_batches_tracked"):
-            continue
+        if key in to_load or key in state or key.endswith("num_batches_tracked"):
+            continue  # a key of the checkpoint that did not load is a shape mismatch (or a skipped head)
         if is_head_key(key) and not require_head:
             head_problem = True
         else:
@@ -464,12 +504,14 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         ignored=tuple(ignored),
         missing_head=missing_head,
     )
+    extras = [k for k in ignored if not k.endswith("num_batches_tracked") and not is_head_key(k)]
     log.info(
-        "loaded %d tensors from %s (%s, sha256 %s)%s",
+        "loaded %d tensors from %s (%s, sha256 %s)%s%s",
         report.n_loaded,
         path,
         fmt,
         report.sha256[:12],
         ", classifier not loaded" if missing_head else "",
+        f"; not used: {summarize_ignored(extras)}" if extras else "",
     )
     return report

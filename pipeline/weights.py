@@ -40,6 +40,7 @@ __all__ = [
     "download_command",
     "fetch_zoo",
     "main",
+    "manual_download_hint",
     "resolve_zoo",
 ]
 
@@ -78,6 +79,8 @@ class ZooSpec(Protocol):
     def zoo_sha256(self) -> str | None: ...
     @property
     def zoo_filename(self) -> str | None: ...
+    @property
+    def zoo_manual(self) -> bool: ...
 
 
 def cache_dir() -> Path:
@@ -104,6 +107,14 @@ def download_command(name: str) -> str:
     return f"python -m pipeline.weights {name}"
 
 
+def manual_download_hint(spec: ZooSpec, path: Path) -> str:
+    """How to bring weights whose zoo link is a web page (shared drive) rather than a file."""
+    return (
+        f"the zoo link of {spec.name!r} is a web page, not a direct download: open {spec.zoo_url} in a "
+        f"browser, download {spec.zoo_filename} and put it at {path} (or pass model.checkpoint=<its path>)"
+    )
+
+
 def _get_spec(name: str) -> ZooSpec:
     """Registry look-up, imported lazily so this module loads without the model code."""
     from pipeline.models.registry import get_spec
@@ -117,6 +128,10 @@ def resolve_zoo(name: str, *, cache: Path | None = None) -> Path:
     if not spec.zoo_url and not spec.zoo_filename:
         raise WeightsError(f"model {name!r} has no zoo weights; pass a checkpoint path instead")
     path = cached_path(spec, cache)
+    if not path.is_file() and spec.zoo_manual:
+        raise WeightsNotFoundError(
+            f"weights of {name!r} are not in the cache; {manual_download_hint(spec, path)}"
+        )
     if not path.is_file():
         env_hint = f" --cache {path.parent.parent}" if cache is not None else ""
         raise WeightsNotFoundError(
@@ -271,6 +286,11 @@ def fetch_zoo(
     if not source:
         raise WeightsError(f"model {spec.name!r} has no zoo URL; pass one with --url-override")
     dest = cached_path(spec, cache, url=source)
+    if spec.zoo_manual and url is None:
+        if dest.is_file() and not force:
+            log.info("%s: already cached at %s", spec.name, dest)
+            return dest
+        raise WeightsError(manual_download_hint(spec, dest))
     if dest.is_file() and not force:
         if spec.zoo_sha256 is None or file_sha256(dest).lower() == spec.zoo_sha256.lower():
             log.info("%s: already cached at %s", spec.name, dest)
@@ -329,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name in zoo_names:
             path = cached_path(get_spec(name), args.cache)
-            print(f"{name:24s} {'cached' if path.is_file() else 'missing':8s} {path}")
+            state = "cached" if path.is_file() else "manual" if get_spec(name).zoo_manual else "missing"
+            print(f"{name:24s} {state:8s} {path}")
         return 0
+    if args.all:  # shared-drive pages cannot be fetched: --all leaves them out, naming them
+        manual = [name for name in zoo_names if get_spec(name).zoo_manual]
+        for name in manual:
+            print(f"skipped {name}: download by hand from {get_spec(name).zoo_url}", file=sys.stderr)
+        zoo_names = [name for name in zoo_names if name not in manual]
     if args.all and args.names:
         parser.error("give model names or --all, not both")
     names = zoo_names if args.all else list(dict.fromkeys(args.names))

@@ -19,7 +19,9 @@ HEADER = (
 def model_config_text(name: str) -> str:
     """The YAML of one model's config group option."""
     spec = get_spec(name)
+    classes = spec.num_classes if isinstance(spec.num_classes, int) else dict(spec.num_classes)
     lines = [
+        f"# classifier: {classes} classes, {spec.head_act}; class names: {spec.labels or 'none shipped'}",
         f"name: {spec.name}",
         f"arch: {spec.arch}",
         "checkpoint: zoo          # a .pkl/.pyth path | zoo (cached download) | random",

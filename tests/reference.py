@@ -2,11 +2,13 @@
 
 `reference_model(arch, num_frames, crop, ...)` builds their network with our chosen options and returns it
 with `features_fn(inputs) -> (features, logits)`, read by a hook on `head.projection` (their eval forward
-ends in a softmax). Tests call `require_reference()` first: it skips when slowfast is not importable.
+ends in a softmax). Tests call `require_reference()` first: it skips when slowfast is not importable, and
+fails instead under CI=true. `pyslowfast_source()` finds PySlowFast master (../shared/pyslowfast).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,10 @@ import torch
 from torch import Tensor, nn
 
 STUB_DIR = Path(__file__).parent / "reference_stub"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# PySlowFast GitHub master, beside the checkout (also in CI); PYSLOWFAST_SRC may point elsewhere.
+PYSLOWFAST_ENV = "PYSLOWFAST_SRC"
+DEFAULT_PYSLOWFAST = REPO_ROOT.parent / "shared" / "pyslowfast"
 
 # Our arch name -> PySlowFast 1.0 MODEL.ARCH (our "c2d" is their "c2d_nopool").
 ARCH_TO_REFERENCE = {"slowfast": "slowfast", "slow": "slowonly", "c2d": "c2d_nopool", "i3d": "i3d"}
@@ -39,11 +45,37 @@ def _import_reference() -> tuple[bool, str]:
     return True, ""
 
 
+def in_ci() -> bool:
+    """True when the CI variable says so (CI=true / 1 / yes): a missing reference then fails the test."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """pytest.skip(reason) on a developer machine; pytest.fail(reason) in CI, where no reference may skip."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: reference tests must run)")
+    pytest.skip(reason)
+
+
 def require_reference() -> None:
-    """pytest.skip with the reason when the slowfast==1.0 reference cannot be imported."""
+    """Skip (fail under CI=true) with the reason when the slowfast==1.0 reference cannot be imported."""
     ok, reason = _import_reference()
     if not ok:
-        pytest.skip(reason)
+        skip_or_fail(reason)
+
+
+def pyslowfast_source() -> Path:
+    """PySlowFast master: $PYSLOWFAST_SRC, else ../shared/pyslowfast from the repo root; skip/fail if absent."""
+    configured = os.environ.get(PYSLOWFAST_ENV)
+    source = Path(configured).expanduser() if configured else DEFAULT_PYSLOWFAST
+    if not (source / "slowfast" / "models" / "video_model_builder.py").is_file():
+        how = (
+            f"${PYSLOWFAST_ENV}={configured}"
+            if configured
+            else f"{DEFAULT_PYSLOWFAST} (set ${PYSLOWFAST_ENV})"
+        )
+        skip_or_fail(f"PySlowFast master not found at {how}")
+    return source
 
 
 def reference_cfg(

@@ -23,9 +23,11 @@ from pipeline.checkpoint import (
     CheckpointError,
     caffe2_to_pyslowfast,
     is_head_key,
+    is_training_extra,
     load_checkpoint,
     read_state_dict,
     sniff_format,
+    summarize_ignored,
 )
 
 # --------------------------------------------------------------------------- a tiny PySlowFast-named net
@@ -303,7 +305,9 @@ def _reference_converter():
     try:
         from slowfast.utils.c2_model_loading import get_name_convert_func
     except ImportError as e:
-        pytest.skip(f"slowfast==1.0 reference not importable: {e}")
+        from tests.reference import skip_or_fail
+
+        skip_or_fail(f"slowfast==1.0 reference not importable: {e}")
     return get_name_convert_func()
 
 
@@ -717,3 +721,67 @@ def test_legacy_torch_file_with_protocol_4_sniffs_as_pytorch(tmp_path: Path) -> 
         CheckpointError, match=r"weights: refused by torch.load\(weights_only=True\): Unsupported"
     ):
         read_state_dict(path)
+
+
+# --------------------------------------------------------------------------- training extras (EMA, optimizer)
+
+
+def test_ema_and_optimizer_extras_are_reported_in_one_line(
+    tmp_path: Path, tiny_state: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PySlowFast-style file: the model's own keys load, the EMA copy and optimizer state are named once."""
+    path = tmp_path / "trained.pyth"
+    ema = {f"model_ema.{k}": v + 1 for k, v in tiny_state.items() if v.is_floating_point()}
+    model_state = {
+        **tiny_state,
+        **ema,
+        "optimizer_state.state.0.momentum_buffer": torch.ones(3),
+        "ema_decay": 0.9998,
+    }
+    optimizer = {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]}
+    torch.save(
+        {"epoch": 9, "model_state": model_state, "optimizer_state": optimizer, "cfg": "TRAIN: ..."}, path
+    )
+    model = TinyNet()
+    with caplog.at_level("INFO", logger="pipeline.checkpoint"):
+        report = load_checkpoint(path, model, require_head=True)
+    assert_states_equal(model, tiny_state)  # the plain weights, not the EMA copy
+    assert report.n_loaded == len(tiny_state)
+    assert set(ema) <= set(report.ignored)
+    assert {"epoch", "optimizer_state", "cfg", "ema_decay"} <= set(report.ignored)
+    lines = [r.getMessage() for r in caplog.records if "trained.pyth" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert f"model_ema.* ({len(ema)})" in lines[0] and "optimizer_state" in lines[0] and "epoch" in lines[0]
+
+
+def test_only_an_ema_copy_is_refused_not_half_loaded(
+    tmp_path: Path, tiny_state: dict[str, torch.Tensor]
+) -> None:
+    path = tmp_path / "ema_only.pyth"
+    torch.save({"model_state": {f"model_ema.{k}": v for k, v in tiny_state.items()}}, path)
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"missing key\(s\): s1\.pathway0_stem\.conv\.weight"):
+        load_checkpoint(path, model, require_head=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_extra_keys_that_are_not_training_state_are_still_refused(
+    tmp_path: Path, tiny_state: dict[str, torch.Tensor]
+) -> None:
+    """Deeper nets hold the same keys plus more blocks: those extras are an error, not 'training state'."""
+    path = tmp_path / "deeper.pyth"
+    deeper = {**tiny_state, "s3.pathway0_res1.branch2.a.weight": torch.zeros(8, 8, 1, 3, 3)}
+    torch.save({"model_state": deeper, "optimizer_state": {}}, path)
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\): s3\.pathway0_res1\.branch2\.a\.weight"):
+        load_checkpoint(path, TinyNet(), require_head=False)
+
+
+def test_is_training_extra() -> None:
+    modules = {"s1", "s2", "head", "schema"}
+    for key in ("model_ema.s1.conv.weight", "ema.s1.w", "module_ema.x", "optimizer_state.x", "scaler_state"):
+        assert is_training_extra(key, modules), key
+    for key in ("s1.pathway0_stem.conv.weight", "schema.x", "gemma.w", "s5.pathway0_res0.a.weight"):
+        assert not is_training_extra(key, modules), key
+    assert not is_training_extra("ema.x", {"ema"})  # a model whose module is called 'ema' loads it
+    assert summarize_ignored(["model_ema.a", "model_ema.b", "epoch"]) == "model_ema.* (2), epoch"

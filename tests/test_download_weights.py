@@ -106,6 +106,7 @@ class FakeSpec:
     zoo_url: str | None
     zoo_sha256: str | None = None
     zoo_filename: str | None = None
+    zoo_manual: bool = False
 
 
 # --------------------------------------------------------------------------- download()
@@ -304,3 +305,62 @@ def test_cli_runs_as_a_program(server: _Server, tmp_path: Path, command: list[st
     path = tmp_path / "cache" / "slowfast_tiny" / "tiny.pyth"
     assert path.read_bytes() == b"abc"
     assert f"slowfast_tiny: {path}" in result.stdout
+
+
+# --------------------------------------------------------------------------- shared-drive pages (zoo_manual)
+
+DRIVE_PAGE = "https://drive.google.com/file/d/FILEID/view?usp=sharing"
+
+
+@pytest.fixture
+def manual_registry(fake_registry):
+    """fake_registry plus a model whose zoo link is a shared-drive page, not a file."""
+    base = fake_registry.get_spec("slowfast_tiny")
+    manual = dataclasses.replace(
+        base, name="drive_model", zoo_url=DRIVE_PAGE, zoo_filename="DRIVE.pyth", zoo_manual=True
+    )
+    fake_registry._REGISTRY["drive_model"] = manual
+    return fake_registry
+
+
+def test_zoo_manual_needs_a_page_and_a_filename() -> None:
+    registry = pytest.importorskip("pipeline.models.registry")
+    base = registry.get_spec("slowfast_tiny")
+    with pytest.raises(ValueError, match="zoo_manual needs zoo_url"):
+        dataclasses.replace(base, zoo_url=DRIVE_PAGE, zoo_manual=True)
+
+
+def test_resolve_zoo_of_a_drive_page_says_to_bring_the_file(manual_registry, tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError) as error:
+        resolve_zoo("drive_model")
+    message = str(error.value)
+    expected_path = tmp_path / "cache" / "drive_model" / "DRIVE.pyth"
+    assert DRIVE_PAGE in message and "not a direct download" in message
+    assert str(expected_path) in message and "download_weights.py" not in message
+    expected_path.parent.mkdir(parents=True)
+    expected_path.write_bytes(b"brought by hand")
+    assert resolve_zoo("drive_model") == expected_path
+
+
+def test_fetch_zoo_never_downloads_a_drive_page(
+    manual_registry, server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = manual_registry.get_spec("drive_model")
+    with pytest.raises(WeightsError, match=re.escape(DRIVE_PAGE)):
+        fetch_zoo(spec, cache=tmp_path, progress=False)
+    cli = _cli()
+    assert cli.main(["drive_model", "--quiet", "--cache", str(tmp_path)]) == 1
+    assert DRIVE_PAGE in capsys.readouterr().err
+    assert cli.main(["--all", "--quiet", "--cache", str(tmp_path)]) == 0  # --all leaves the page out
+    assert "skipped drive_model" in capsys.readouterr().err
+    assert cli.main(["--list", "--cache", str(tmp_path)]) == 0
+    assert re.search(r"drive_model\s+manual", capsys.readouterr().out)
+    # a mirror with the file itself may still be given
+    server.files["/mirror/drive.pyth"] = b"mirrored"
+    url = server.url("/mirror/drive.pyth")
+    assert (
+        cli.main(["drive_model", "--quiet", "--cache", str(tmp_path), "--url-override", f"drive_model={url}"])
+        == 0
+    )
+    assert (tmp_path / "drive_model" / "DRIVE.pyth").read_bytes() == b"mirrored"
+    assert server.requests[-1] == ("/mirror/drive.pyth", None)

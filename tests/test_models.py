@@ -332,8 +332,47 @@ def test_x3d_forward_at_test_crop(name: str) -> None:
     assert f_lin5.shape == (1, 2048) and f_conv5.shape == (1, 432)
     assert torch.isfinite(f_lin5).all() and (f_lin5 >= 0).all()  # after ReLU
     assert f_lin5.abs().sum() > 0
-    assert logits_a.shape == (1, 400)
+    assert logits_a.shape == logits_b.shape == (1, 400)
+
+
+@pytest.mark.parametrize("name", ["x3d_xs", "x3d_m"])
+def test_x3d_one_head_position_at_the_train_crop(name: str) -> None:
+    """At the train crop the head pools to one position: both feature layers give the same logits."""
+    torch.manual_seed(0)
+    spec = get_spec(name)
+    train_crop = spec.builder_kwargs["head_pool"][1] * 32
+    lin5 = build_model(name)
+    conv5 = build_model(name, feature_layer="conv_5")
+    conv5.load_state_dict(lin5.state_dict())
+    clips = torch.randn(1, 3, 4, train_crop, train_crop)
+    with torch.inference_mode():
+        logits_a, logits_b = lin5.logits(lin5(clips)), conv5.logits(conv5(clips))
     torch.testing.assert_close(logits_a, logits_b)
+
+
+def test_x3d_lin5_runs_per_pooled_position_at_the_test_crop() -> None:
+    """X3D-M at 256: a 7x7 kernel leaves 2x2 positions; lin_5 + ReLU run on each, then the mean."""
+    torch.manual_seed(0)
+    model = build_model("x3d_xs", head_pool=(4, 7, 7))  # small depth, M's kernel
+    global_pool = build_model("x3d_xs", head_pool=None)
+    global_pool.load_state_dict(model.state_dict())
+    for m in model.modules():  # non-trivial BN so conv_5 maps vary over space
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.normal_(0, 0.5)
+    global_pool.load_state_dict(model.state_dict())
+    clips = torch.randn(1, 3, 4, 256, 256)
+    with torch.inference_mode():
+        features = model(clips)
+        conv5 = model.head.conv5(model.backbone([clips]))
+        windows = torch.nn.functional.avg_pool3d(conv5, (4, 7, 7), stride=1)
+        assert windows.shape[2:] == (1, 2, 2)
+        lin5 = torch.nn.functional.conv3d(windows, model.head.lin_5.weight)
+        expected = torch.relu(lin5).mean(dim=(2, 3, 4))
+        pooled_first = global_pool(clips)
+        logits, expected_logits = model.logits(features), model.head.projection(expected)
+    torch.testing.assert_close(features, expected)
+    assert (features - pooled_first).norm() > 1e-3 * features.norm()  # the order of pool and ReLU matters
+    torch.testing.assert_close(logits, expected_logits)
 
 
 # ---------------------------------------------------------------- pathways and forward

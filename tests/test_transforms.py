@@ -24,7 +24,9 @@ def slowfast_transform():
     """PySlowFast's datasets/transform.py, loaded alone (the package __init__ pulls in optional deps)."""
     spec = importlib.util.find_spec("slowfast")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("slowfast (the reference PySlowFast) is not installed")
+        from reference import skip_or_fail
+
+        skip_or_fail("slowfast (the reference PySlowFast) is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "transform.py"
     module_spec = importlib.util.spec_from_file_location("slowfast_reference_transform", path)
     module = importlib.util.module_from_spec(module_spec)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from torch import Tensor, nn
 
 from pipeline.models.spec import ModelSpec
@@ -82,11 +81,6 @@ class VideoModel(nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         return self.forward_features(self.pathways(clips))
-
-
-def slow_pathway_indices(num_frames: int, alpha: int, device: torch.device | None = None) -> Tensor:
-    """Frame indices of the slow pathway, as PySlowFast picks them: linspace(0, T-1, T//alpha).long()."""
-    return torch.linspace(0, num_frames - 1, num_frames // alpha, device=device).long()
 
 
 def init_weights(model: nn.Module, fc_std: float = 0.01) -> None:

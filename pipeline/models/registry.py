@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,11 @@ _ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/"
 _X3D_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/x3d_models/"
 # EPIC-KITCHENS-100 SlowFast release (epic-kitchens/epic-kitchens-slowfast README), direct-download form.
 _EPIC_URL = "https://www.dropbox.com/s/uxb6i2xkn91xqzi/SlowFast.pyth?dl=1"
+# MODEL_ZOO.md "Multigrid Training" (SSv2, Charades, Kinetics stepwise) and "AVA" (Kinetics-600 pre-training).
+_MULTIGRID_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/pyslowfast/model_zoo/multigrid/model_zoo/"
+_AVA_PRETRAIN_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/ava/pretrain/"
+# RESNET.NUM_BLOCK_TEMP_KERNEL of the R50 configs and the "R101_50_50" ones (R50's temporal kernels).
+_TEMP_KERNEL_50 = ((3, 3), (4, 4), (6, 6), (3, 3))
 
 _BUILDERS: dict[str, Callable[[ModelSpec, str | None], VideoModel]] = {
     "slowfast": ResNet3D,
@@ -60,7 +66,7 @@ def build_model(name: str, *, feature_layer: str | None = None, **overrides: obj
     """
     spec = get_spec(name)
     spec_fields = {f.name for f in dataclasses.fields(ModelSpec)} - {"name", "builder_kwargs"}
-    spec_overrides = {k: v for k, v in overrides.items() if k in spec_fields}
+    spec_overrides: dict[str, Any] = {k: v for k, v in overrides.items() if k in spec_fields}
     arch_overrides = {k: v for k, v in overrides.items() if k not in spec_fields}
     if "builder_kwargs" in overrides:
         raise ValueError("pass architecture options as keywords, not builder_kwargs=")
@@ -83,14 +89,13 @@ def _slowfast(
     arch_options: Mapping[str, object] | None = None,
     **spec_fields: Any,
 ) -> ModelSpec:
-    """A SlowFast ResNet spec: tau=2, 256 test crop, beta_inv 8, fusion channel ratio 2."""
+    """A SlowFast ResNet spec: tau=2, 256 test crop (unless given), beta_inv 8, fusion channel ratio 2."""
+    spec_fields = {"crop_size": 256, "short_side": 256, **spec_fields}
     return ModelSpec(
         name=name,
         arch="slowfast",
         num_frames=num_frames,
         sampling_rate=2,
-        crop_size=256,
-        short_side=256,
         feature_dim=2304,
         alpha=alpha,
         zoo_url=url,
@@ -124,9 +129,16 @@ def _resnet(
     )
 
 
-def _x3d(size: str, num_frames: int, sampling_rate: int, crop: int, depth_factor: float) -> ModelSpec:
-    """A Kinetics-400 X3D spec; features from lin_5 (2048) by default, or conv_5 (432)."""
+def _x3d(
+    size: str, num_frames: int, sampling_rate: int, crop: int, train_crop: int, depth_factor: float
+) -> ModelSpec:
+    """A Kinetics-400 X3D spec; features from lin_5 (2048) by default, or conv_5 (432).
+
+    The head pools with PySlowFast's kernel (num_frames, ceil(train_crop / 32) x2), so the test crop
+    (larger) leaves several positions that lin_5 sees one by one.
+    """
     file = f"x3d_{size}.pyth"
+    spatial_kernel = math.ceil(train_crop / 32)
     return ModelSpec(
         name=f"x3d_{size}",
         arch="x3d",
@@ -138,7 +150,12 @@ def _x3d(size: str, num_frames: int, sampling_rate: int, crop: int, depth_factor
         zoo_url=_X3D_ZOO + file,
         zoo_filename=file,
         feature_layers=("lin_5", "conv_5"),
-        builder_kwargs={"width_factor": 2.0, "depth_factor": depth_factor, "bottleneck_factor": 2.25},
+        builder_kwargs={
+            "width_factor": 2.0,
+            "depth_factor": depth_factor,
+            "bottleneck_factor": 2.25,
+            "head_pool": (num_frames, spatial_kernel, spatial_kernel),
+        },
     )
 
 
@@ -209,10 +226,10 @@ def _register_defaults() -> None:
             nonlocal_instantiation="softmax",
         )
     )
-    register_model(_x3d("xs", 4, 12, 182, 2.2))
-    register_model(_x3d("s", 13, 6, 182, 2.2))
-    register_model(_x3d("m", 16, 5, 256, 2.2))
-    register_model(_x3d("l", 16, 5, 356, 5.0))
+    register_model(_x3d("xs", 4, 12, 182, 160, 2.2))
+    register_model(_x3d("s", 13, 6, 182, 160, 2.2))
+    register_model(_x3d("m", 16, 5, 256, 224, 2.2))
+    register_model(_x3d("l", 16, 5, 356, 312, 5.0))
 
     tiny = {"width_per_group": 4, "blocks": (1, 1, 1, 1)}
     register_model(
@@ -246,4 +263,76 @@ def _register_defaults() -> None:
     )
 
 
+def _register_dataset_zoo() -> None:
+    """SlowFast checkpoints of PySlowFast's zoo trained beyond Kinetics-400's 2019 release.
+
+    Settings from configs/SSv2, configs/Charades, configs/Kinetics/SLOWFAST_8x8_R50_stepwise*.yaml and
+    configs/AVA/c2 (whose CHECKPOINT_FILE_PATH takes the Kinetics-600 pre-training). SSv2 and Charades set
+    DATA.REVERSE_INPUT_CHANNEL (BGR input); the SSv2 and Kinetics multigrid configs test at 224, the
+    others at 256.
+    """
+    for dataset, classes, head_act in (("ssv2", 174, "softmax"), ("charades", 157, "sigmoid")):
+        for multigrid in (False, True):
+            file = "SLOWFAST_16x8_R50_multigrid.pkl" if multigrid else "SLOWFAST_16x8_R50.pkl"
+            crop = 224 if multigrid and dataset == "ssv2" else 256
+            folder = "SSv2" if dataset == "ssv2" else "Charades"
+            register_model(
+                _slowfast(
+                    f"slowfast_r50_16x8_{dataset}" + ("_multigrid" if multigrid else ""),
+                    file,
+                    alpha=4,
+                    fusion_kernel=7,
+                    num_frames=64,
+                    url=f"{_MULTIGRID_ZOO}{folder}/{file}",
+                    channel_order="bgr",
+                    num_classes=classes,
+                    labels=None,
+                    head_act=head_act,
+                    crop_size=crop,
+                    short_side=crop,
+                )
+            )
+    for multigrid in (False, True):
+        file = "SLOWFAST_8x8_R50_stepwise" + ("_multigrid" if multigrid else "") + ".pkl"
+        crop = 224 if multigrid else 256
+        register_model(
+            _slowfast(
+                "slowfast_r50_8x8_stepwise" + ("_multigrid" if multigrid else ""),
+                file,
+                alpha=4,
+                fusion_kernel=7,
+                url=f"{_MULTIGRID_ZOO}Kinetics/{file}",
+                crop_size=crop,
+                short_side=crop,
+            )
+        )
+    # Kinetics-600 SlowFast R101 + non-local (res4 blocks 6, 13, 20 of the slow pathway, dot product),
+    # R50 temporal kernels ("R101_50_50"), fusion kernel 5: the AVA configs' backbone at Kinetics strides.
+    k600_r101 = {
+        "depth": 101,
+        "num_block_temp_kernel": _TEMP_KERNEL_50,
+        "nonlocal_location": (((), ()), ((), ()), ((6, 13, 20), ()), ((), ())),
+        "nonlocal_instantiation": "dot_product",
+    }
+    for name, file, num_frames in (
+        ("slowfast_r101_nl_8x8_k600", "SLOWFAST_32x2_R101_50_50.pkl", 32),
+        ("slowfast_r101_nl_8x8_k600_v2_1", "SLOWFAST_32x2_R101_50_50_v2.1.pkl", 32),
+        ("slowfast_r101_nl_16x8_k600", "SLOWFAST_64x2_R101_50_50.pkl", 64),
+    ):
+        register_model(
+            _slowfast(
+                name,
+                file,
+                alpha=4,
+                fusion_kernel=5,
+                num_frames=num_frames,
+                url=_AVA_PRETRAIN_ZOO + file,
+                arch_options=k600_r101,
+                num_classes=600,
+                labels=None,
+            )
+        )
+
+
 _register_defaults()
+_register_dataset_zoo()

@@ -9,14 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models.base import (
-    ClassifierHead,
-    ClipShapeError,
-    VideoModel,
-    init_weights,
-    slow_pathway_indices,
-)
+from pipeline.models.base import ClassifierHead, ClipShapeError, VideoModel, init_weights
 from pipeline.models.spec import ModelSpec
+from pipeline.sampling import slow_pathway_indices
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -333,7 +328,7 @@ class ResNet3D(VideoModel):
         if not self.two_pathway:
             return [clips]
         assert self.spec.alpha is not None
-        index = slow_pathway_indices(clips.shape[2], self.spec.alpha, clips.device)
+        index = torch.tensor(slow_pathway_indices(clips.shape[2], self.spec.alpha), device=clips.device)
         return [clips.index_select(2, index), clips]
 
     def _check_inputs(self, inputs: Sequence[Tensor]) -> None:

@@ -25,17 +25,26 @@ class ModelSpec:
     zoo_url: str | None = None
     zoo_sha256: str | None = None
     zoo_filename: str | None = None
+    # zoo_url is a web page (a shared drive), not a direct download: the user brings the file by hand.
+    zoo_manual: bool = False
     feature_layers: tuple[str, ...] = ("pool",)  # first one is the default
     labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
+    head_act: str = "softmax"  # what PySlowFast applies to the logits: "softmax" | "sigmoid" (multi-label)
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
             raise ValueError(f"model spec {self.name!r}: channel_order must be 'rgb' or 'bgr'")
+        if self.head_act not in ("softmax", "sigmoid"):
+            raise ValueError(f"model spec {self.name!r}: head_act must be 'softmax' or 'sigmoid'")
         if not self.feature_layers:
             raise ValueError(f"model spec {self.name!r}: feature_layers must not be empty")
         if self.arch == "slowfast" and not self.alpha:
             raise ValueError(f"model spec {self.name!r}: arch 'slowfast' needs alpha")
+        if self.zoo_manual and not (self.zoo_url and self.zoo_filename):
+            raise ValueError(
+                f"model spec {self.name!r}: zoo_manual needs zoo_url (the page) and zoo_filename"
+            )
         if self.alpha and self.num_frames % self.alpha:
             raise ValueError(
                 f"model spec {self.name!r}: num_frames {self.num_frames} is not divisible by alpha {self.alpha}"

@@ -30,6 +30,9 @@ class X3DConfig:
     se_ratio: float = 0.0625
     stem_temporal_kernel: int = 5
     temporal_kernel: int = 3
+    # Kernel (T, H, W) of the head's stride-1 average pool, PySlowFast's (NUM_FRAMES, ceil(TRAIN_CROP / 32) x2);
+    # None pools globally. Larger inputs give several positions, each through lin_5 + ReLU.
+    head_pool: tuple[int, int, int] | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> X3DConfig:
@@ -163,25 +166,57 @@ class X3DStage(nn.Module):
 
 
 class X3DHead(ClassifierHead):
-    """conv_5 (1x1x1) + BN + ReLU, global pool, lin_5 (1x1x1 conv on the pooled vector) + ReLU, projection."""
+    """conv_5 + BN + ReLU, stride-1 average pool, lin_5 + ReLU per pooled position, projection.
 
-    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, num_classes: int | dict[str, int]) -> None:
+    As in PySlowFast, the pool kernel is fixed by the train crop: at a larger test crop it leaves several
+    positions, and lin_5 + ReLU run on each before anything is averaged.
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim_inner: int,
+        dim_out: int,
+        num_classes: int | dict[str, int],
+        pool_kernel: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__(dim_out, num_classes)
+        self.pool_kernel = pool_kernel
         self.conv_5 = nn.Conv3d(dim_in, dim_inner, 1, bias=False)
         self.conv_5_bn = batch_norm(dim_inner)
         self.lin_5 = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
 
+    def conv5(self, x: Tensor) -> Tensor:
+        """(B, C5, T, H, W) -> (B, dim_inner, T, H, W): conv_5 + BN + ReLU."""
+        return F.relu(self.conv_5_bn(self.conv_5(x)), inplace=True)
+
     def pooled_conv5(self, x: Tensor) -> Tensor:
         """(B, C5, T, H, W) -> (B, dim_inner): conv_5 + BN + ReLU, then global average."""
-        return F.relu(self.conv_5_bn(self.conv_5(x)), inplace=True).mean(dim=(2, 3, 4))
+        return self.conv5(x).mean(dim=(2, 3, 4))
+
+    def pool_positions(self, conv5: Tensor) -> Tensor:
+        """Stride-1 average pool with the train-crop kernel (clamped to the input): (B, C, T', H', W')."""
+        if self.pool_kernel is None:
+            return conv5.mean(dim=(2, 3, 4), keepdim=True)
+        kernel = tuple(min(k, n) for k, n in zip(self.pool_kernel, conv5.shape[2:], strict=True))
+        return F.avg_pool3d(conv5, kernel, stride=1)
+
+    def lin5_positions(self, x: Tensor) -> Tensor:
+        """(B, C5, T, H, W) -> (B, dim_out): lin_5 + ReLU at each pooled position, then their mean."""
+        return F.relu(self.lin_5(self.pool_positions(self.conv5(x)))).mean(dim=(2, 3, 4))
 
     def lin5(self, pooled: Tensor) -> Tensor:
-        """(B, dim_inner) -> (B, dim_out): lin_5 + ReLU on the pooled vector."""
+        """(B, dim_inner) -> (B, dim_out): lin_5 + ReLU on one pooled vector."""
         return F.relu(F.linear(pooled, self.lin_5.weight.flatten(1)))
 
 
 class X3D(VideoModel):
-    """X3D backbone; features from `lin_5` (2048, default) or `conv_5` (pooled, 432)."""
+    """X3D backbone; features from `lin_5` (2048, default) or `conv_5` (pooled, 432).
+
+    `lin_5` features are the mean over the head's pooled positions of what PySlowFast's projection
+    receives, so `logits` (a linear map of them) is the mean of its per-position projection outputs.
+    `conv_5` features are the global mean of conv_5; their logits equal PySlowFast's at one position only.
+    """
 
     def __init__(self, spec: ModelSpec, feature_layer: str | None = None) -> None:
         super().__init__(spec, feature_layer)
@@ -211,7 +246,7 @@ class X3D(VideoModel):
             )
             dim_in = dim_out
 
-        self.head = X3DHead(dim_in, dim_inner, cfg.dim_c5, spec.num_classes)
+        self.head = X3DHead(dim_in, dim_inner, cfg.dim_c5, spec.num_classes, cfg.head_pool)
         self.feature_dim = cfg.dim_c5 if self.feature_layer == "lin_5" else dim_inner
         self._record_default_dim(cfg.dim_c5 if spec.default_feature_layer == "lin_5" else dim_inner)
         init_weights(self)
@@ -226,9 +261,11 @@ class X3D(VideoModel):
         return x
 
     def forward_features(self, inputs: list[Tensor]) -> Tensor:
-        """Pooled conv_5 output (conv_5 layer) or lin_5 + ReLU of it (lin_5 layer)."""
-        pooled = self.head.pooled_conv5(self.backbone(inputs))
-        return pooled if self.feature_layer == "conv_5" else self.head.lin5(pooled)
+        """Globally pooled conv_5 (conv_5 layer), or lin_5 + ReLU averaged over pooled positions (lin_5)."""
+        res5 = self.backbone(inputs)
+        if self.feature_layer == "conv_5":
+            return self.head.pooled_conv5(res5)
+        return self.head.lin5_positions(res5)
 
     def logits(self, features: Tensor) -> Tensor | dict[str, Tensor]:
         """Projection of lin_5 features (applying lin_5 first when features come from conv_5)."""

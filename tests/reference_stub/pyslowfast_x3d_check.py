@@ -1,8 +1,10 @@
-"""Compare our X3D with the X3D of a PySlowFast source checkout (slowfast==1.0 predates X3D).
+"""Compare our X3D models with PySlowFast master's X3D (slowfast==1.0 predates X3D).
 
-Usage: python pyslowfast_x3d_check.py /path/to/SlowFast-checkout  -> one JSON line of relative errors.
-Run in a subprocess only: PySlowFast's optional dependencies (pytorchvideo, torchvision, ...) are replaced
-by empty stand-in modules for the whole interpreter.
+Usage: python pyslowfast_x3d_check.py /path/to/pyslowfast [name[@crop] ...] -> one JSON line per run.
+Each model is built from PySlowFast's own configs/Kinetics/X3D_<size>.yaml (train crop, frames, widths)
+and run at our registered test crop unless `@crop` names another. Run in a subprocess only: PySlowFast's
+optional dependencies (pytorchvideo, torchvision, ...) are replaced by empty stand-in modules for the
+whole interpreter.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +37,8 @@ STUBBED = (
     "cv2",
     "matplotlib",
 )
+
+DEFAULT_RUNS = ("x3d_xs@160", "x3d_xs", "x3d_s", "x3d_m", "x3d_l")
 
 
 class Swish(nn.Module):
@@ -71,51 +76,67 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def main(source: str) -> None:
+def compare(source: Path, run: str) -> dict[str, Any]:
+    """Their X3D from their config vs ours from the registry, on the same random weights and clip."""
+    from reference import randomize_  # type: ignore[import-not-found]
+    from slowfast.config.defaults import get_cfg
+    from slowfast.models.video_model_builder import X3D as TheirX3D
+
+    from pipeline.models import build_model, get_spec
+
+    name, _, crop_text = run.partition("@")
+    spec = get_spec(name)
+    cfg = get_cfg()
+    cfg.merge_from_file(str(source / "configs" / "Kinetics" / f"X3D_{name.split('_')[1].upper()}.yaml"))
+    cfg.NUM_GPUS = 0
+    crop = int(crop_text) if crop_text else spec.crop_size
+    theirs = randomize_(TheirX3D(cfg).eval(), seed=1)
+    seen: dict[str, torch.Tensor] = {}
+    theirs.head.projection.register_forward_hook(
+        lambda _m, a, o: seen.update(proj_in=a[0].detach().clone(), proj_out=o.detach().clone())
+    )
+    theirs.head.conv_5_relu.register_forward_hook(
+        lambda _m, _a, o: seen.update(conv5=o.mean((2, 3, 4)).detach().clone())
+    )
+    clips = torch.randn(1, 3, spec.num_frames, crop, crop, generator=torch.Generator().manual_seed(7))
+    ours = build_model(name)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours_c5 = build_model(name, feature_layer="conv_5")
+    ours_c5.load_state_dict(theirs.state_dict(), strict=True)
+    with torch.no_grad():
+        probabilities = theirs([clips])
+        lin5 = ours(clips)
+        logits = ours.logits(lin5)
+        conv5 = ours_c5(clips)
+    positions = seen["proj_in"].shape[1:4]  # (N, T', H', W', C) after their permute
+    return {
+        "config": {
+            "num_frames": cfg.DATA.NUM_FRAMES,
+            "sampling_rate": cfg.DATA.SAMPLING_RATE,
+            "train_crop": cfg.DATA.TRAIN_CROP_SIZE,
+            "test_crop": cfg.DATA.TEST_CROP_SIZE,
+            "depth_factor": cfg.X3D.DEPTH_FACTOR,
+        },
+        "crop": crop,
+        "positions": [int(n) for n in positions],
+        "lin_5": relative_error(lin5, seen["proj_in"].mean((1, 2, 3))),
+        "logits": relative_error(logits, seen["proj_out"].mean((1, 2, 3))),
+        "conv_5": relative_error(conv5, seen["conv5"]),
+        # Their eval output averages softmax over positions; softmax of our mean logits is close, not equal.
+        "softmax_of_mean_logits": relative_error(torch.softmax(logits, dim=1), probabilities),
+    }
+
+
+def main(source: str, runs: list[str]) -> None:
     sys.meta_path.insert(0, _StubFinder())
     sys.path.insert(0, source)
     repo = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(repo))
     sys.path.insert(0, str(repo / "tests"))
-    from reference import randomize_  # type: ignore[import-not-found]
-    from slowfast.config.defaults import get_cfg
-    from slowfast.models.video_model_builder import X3D as TheirX3D
-
-    from pipeline.models import build_model
-
     torch.manual_seed(0)
-    results = {}
-    for name, depth_factor in (("x3d_xs", 2.2), ("x3d_l", 5.0)):
-        cfg = get_cfg()
-        cfg.NUM_GPUS = 0
-        cfg.MODEL.ARCH, cfg.MODEL.MODEL_NAME = "x3d", "X3D"
-        cfg.RESNET.TRANS_FUNC = "x3d_transform"
-        cfg.X3D.WIDTH_FACTOR, cfg.X3D.DEPTH_FACTOR, cfg.X3D.BOTTLENECK_FACTOR = 2.0, depth_factor, 2.25
-        cfg.X3D.DIM_C5, cfg.X3D.DIM_C1 = 2048, 12
-        cfg.DATA.NUM_FRAMES, cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.INPUT_CHANNEL_NUM = 4, 96, [3]
-        theirs = randomize_(TheirX3D(cfg).eval(), seed=1)
-        seen: dict[str, torch.Tensor] = {}
-        theirs.head.projection.register_forward_hook(
-            lambda _m, a, o, seen=seen: seen.update(lin5=a[0].flatten(1), logits=o.flatten(1))
-        )
-        theirs.head.conv_5_relu.register_forward_hook(
-            lambda _m, _a, o, seen=seen: seen.update(conv5=o.mean((2, 3, 4)))
-        )
-        clips = torch.randn(2, 3, 4, 96, 96)
-        ours = build_model(name)
-        ours.load_state_dict(theirs.state_dict(), strict=True)
-        ours_c5 = build_model(name, feature_layer="conv_5")
-        ours_c5.load_state_dict(theirs.state_dict(), strict=True)
-        with torch.no_grad():
-            theirs([clips])
-            lin5 = ours(clips)
-            results[name] = {
-                "lin_5": relative_error(lin5, seen["lin5"]),
-                "conv_5": relative_error(ours_c5(clips), seen["conv5"]),
-                "logits": relative_error(ours.logits(lin5), seen["logits"]),
-            }
-    print(json.dumps(results))
+    for run in runs or DEFAULT_RUNS:
+        print(json.dumps({"run": run, **compare(Path(source), run)}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
