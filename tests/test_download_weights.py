@@ -348,7 +348,7 @@ def test_fetch_zoo_never_downloads_a_drive_page(
     spec = manual_registry.get_spec("drive_model")
     with pytest.raises(WeightsError, match=re.escape(DRIVE_PAGE)):
         fetch_zoo(spec, cache=tmp_path, progress=False)
-    cli = _cli()
+    cli = weights
     assert cli.main(["drive_model", "--quiet", "--cache", str(tmp_path)]) == 1
     assert DRIVE_PAGE in capsys.readouterr().err
     assert cli.main(["--all", "--quiet", "--cache", str(tmp_path)]) == 0  # --all leaves the page out
