@@ -31,6 +31,7 @@ __all__ = [
     "download",
     "download_command",
     "fetch_zoo",
+    "manual_download_message",
     "resolve_zoo",
 ]
 
@@ -102,12 +103,23 @@ def _get_spec(name: str) -> ZooSpec:
     return get_spec(name)
 
 
+def manual_download_message(spec: ZooSpec, path: Path) -> str:
+    """What to do for zoo weights behind a web page (e.g. Google Drive) that cannot be fetched here."""
+    return (
+        f"weights of {spec.name!r} cannot be downloaded automatically (the model zoo links a web page): "
+        f"bring the file yourself from {spec.zoo_url} and save it as {path}, "
+        "or pass its path as model.checkpoint=PATH"
+    )
+
+
 def resolve_zoo(name: str, *, cache: Path | None = None) -> Path:
     """Path of the cached zoo weights of model name; WeightsNotFoundError says how to fetch them."""
     spec = _get_spec(name)
     if not spec.zoo_url and not spec.zoo_filename:
         raise WeightsError(f"model {name!r} has no zoo weights; pass a checkpoint path instead")
     path = cached_path(spec, cache)
+    if not path.is_file() and getattr(spec, "zoo_manual", False):
+        raise WeightsNotFoundError(manual_download_message(spec, path))
     if not path.is_file():
         env_hint = f" --cache {path.parent.parent}" if cache is not None else ""
         raise WeightsNotFoundError(
@@ -262,6 +274,8 @@ def fetch_zoo(
     if not source:
         raise WeightsError(f"model {spec.name!r} has no zoo URL; pass one with --url-override")
     dest = cached_path(spec, cache, url=source)
+    if url is None and getattr(spec, "zoo_manual", False) and (force or not dest.is_file()):
+        raise WeightsError(manual_download_message(spec, dest))
     if dest.is_file() and not force:
         if spec.zoo_sha256 is None or file_sha256(dest).lower() == spec.zoo_sha256.lower():
             log.info("%s: already cached at %s", spec.name, dest)

@@ -28,6 +28,8 @@ class ModelSpec:
     feature_layers: tuple[str, ...] = ("pool",)  # first one is the default
     labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
+    native_input: bool = False  # position embeddings fix T, tau and crop: other values are refused
+    zoo_manual: bool = False  # zoo_url is a web page (e.g. Google Drive): the file is fetched by hand
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
