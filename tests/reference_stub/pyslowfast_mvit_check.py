@@ -1,9 +1,10 @@
 """Compare our MViT family with PySlowFast master's `MViT` (slowfast==1.0 predates it).
 
 Usage: python pyslowfast_mvit_check.py /path/to/pyslowfast CASES_JSON  -> one JSON line of results.
-CASES_JSON is a list of {"name", "config", "num_frames", "crop", "batch", "num_classes"}: their MViT is
-built from configs/<config>.yaml at that input size, given random weights, and loaded strictly into our
-model `name` (also through pipeline.checkpoint from a `.pyth` of their state_dict). Run in a subprocess
+CASES_JSON is a list of {"name", "config", "num_frames", "crop", "batch", "num_classes"} with optional
+"cfg" (their dotted cfg keys -> values) and "ours" (our builder options): their MViT is built from
+configs/<config>.yaml at that input size, given random weights, and loaded strictly into our model `name`
+(also through pipeline.checkpoint from a `.pyth` of their state_dict). Run in a subprocess
 only: PySlowFast's optional dependencies are replaced by stand-in modules for the whole interpreter.
 """
 
@@ -54,6 +55,12 @@ def their_cfg(source: Path, case: dict[str, Any]) -> Any:
     cfg.MODEL.NUM_CLASSES = case["num_classes"]
     if cfg.MVIT.REV.ENABLE:
         cfg.MVIT.CLS_EMBED_ON = False  # their MViT asserts this for REV (the REV yaml says True)
+    for dotted, value in case.get("cfg", {}).items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     return cfg
 
 
@@ -77,6 +84,7 @@ def run_case(source: Path, case: dict[str, Any], seed: int) -> dict[str, Any]:
         "num_frames": case["num_frames"],
         "crop_size": case["crop"],
         "num_classes": case["num_classes"],
+        **case.get("ours", {}),
     }
     ours = build_model(case["name"], **overrides)
     state = theirs.state_dict()
@@ -116,7 +124,7 @@ def main(source: str, cases_json: str) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     results = {}
     for i, case in enumerate(json.loads(cases_json)):
-        key = f"{case['name']}@{case['num_frames']}x{case['crop']}"
+        key = case.get("key") or f"{case['name']}@{case['num_frames']}x{case['crop']}"
         results[key] = run_case(Path(source), case, seed=i)
     print(json.dumps(results))
 
