@@ -66,8 +66,6 @@ QUICK = [
     # 56 = 14 patches: odd grids after q pooling make PySlowFast resample its relative-position tables
     case("mvitv2_s_16x4", "Kinetics/MVITv2_S_16x4", crop=56),
     case("mvitv2_b_32x3", "Kinetics/MVITv2_B_32x3"),
-    # L (213 M parameters) once: its SSv2 twin differs only in the number of classes (test_mvit.py).
-    case("mvitv2_l_40x3", "Kinetics/MVITv2_L_40x3_test", frames=2, crop=48),
     case("mvitv2_s_16x4_ssv2", "SSv2/MVITv2_S_16x4", classes=174),
     case("mvitv2_b_32x3_ssv2", "SSv2/MVITv2_B_32x3", classes=174),
     case("rev_mvit_b_16x4", "Kinetics/REV_MVIT_B_16x4_CONV"),
@@ -138,6 +136,14 @@ def test_registered_feature_dims_are_what_their_head_receives(quick_results) -> 
                 ours = build_model(item["name"], num_frames=item["num_frames"], crop_size=item["crop"])
             assert ours.spec.feature_dim == ours.feature_dim == result["their_feature_dim"]
             assert len(ours.state_dict()) == result["keys"]
+
+
+def test_mvitv2_l_equals_pyslowfast_at_a_reduced_size() -> None:
+    """L (213 M parameters) once, in its own process: its SSv2 twin differs only in the classes (test_mvit.py)."""
+    large = [case("mvitv2_l_40x3", "Kinetics/MVITv2_L_40x3_test", frames=2, crop=48)]
+    results = run_reference(large)
+    check(results, large)
+    assert results["mvitv2_l_40x3@2x48"]["feature_dim"] == 1152
 
 
 def test_mvitv2_s_and_rev_mvit_equal_pyslowfast_at_full_size() -> None:

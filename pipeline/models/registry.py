@@ -335,6 +335,7 @@ def _mvitv2(size: str, dataset: str) -> ModelSpec:
     tau = 4 if size == "s" else 3
     norm = {"mean": _IMAGENET_MEAN, "std": _IMAGENET_STD} if size == "l" else {}
     # SSv2 frames are JPEGs decoded by cv2 (BGR) and flipped by REVERSE_INPUT_CHANNEL: the model sees RGB.
+    # PySlowFast's SSv2 loader spreads NUM_FRAMES over the whole video; T x tau here is the yaml's.
     labels = {"num_classes": 174, "labels": None} if dataset == "ssv2" else {}
     builder = {
         **_MVITV2,
