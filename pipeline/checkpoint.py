@@ -427,6 +427,12 @@ def _shape_str(shape: torch.Size | tuple[int, ...]) -> str:
 def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -> LoadReport:
     """Fill every backbone tensor of model from the checkpoint at path; raise CheckpointError otherwise."""
     path = Path(path)
+    if not getattr(model, "caffe2_weights", True) and sniff_format(path) == "caffe2":
+        raise CheckpointError(
+            path,
+            f"is a Caffe2 .pkl, but {type(model).__name__} weights exist only as PyTorch .pyth files "
+            "(PySlowFast's model zoo; model_state)",
+        )
     fmt, state, ignored_blobs = read_state_dict(path)
     model_state = model.state_dict()
     pad = fmt == "caffe2"

@@ -287,6 +287,23 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("hardware.threads", f"must be >= 1 or null (got {h.threads})")
     if h.device is Device.cpu and h.precision is Precision.fp16:
         _fail("hardware.precision", "fp16 autocast is for GPUs; use fp32 (or bf16) on CPU")
+    from pipeline.models.registry import native_input  # lazy: the registry imports torch
+
+    if (native := native_input(m.name)) is not None:  # position embeddings fix T, tau and the crop
+        frames, rate, size = native
+        checks: list[tuple[str, object, object]] = [
+            ("data.num_frames", d.num_frames, frames),
+            ("data.sampling_rate", d.sampling_rate, rate),
+            ("data.resize.size", list(d.resize.size), [size, size])
+            if d.resize.mode is ResizeMode.square
+            else ("data.resize.crop", d.resize.crop, size),
+        ]
+        for key, got, allowed in checks:
+            if got != allowed:
+                _fail(
+                    key,
+                    f"must be {allowed} for model {m.name}, whose position embeddings fix it (got {got})",
+                )
 
 
 def video_list_path(data: DataConfig) -> Path:

@@ -122,6 +122,15 @@ def _get_spec(name: str) -> ZooSpec:
     return get_spec(name)
 
 
+def manual_download_message(spec: ZooSpec, path: Path) -> str:
+    """What to do for zoo weights behind a web page (e.g. Google Drive) that cannot be fetched here."""
+    return (
+        f"weights of {spec.name!r} cannot be downloaded automatically (the model zoo links a web page): "
+        f"bring the file yourself from {spec.zoo_url} and save it as {path}, "
+        "or pass its path as model.checkpoint=PATH"
+    )
+
+
 def resolve_zoo(name: str, *, cache: Path | None = None) -> Path:
     """Path of the cached zoo weights of model name; WeightsNotFoundError says how to fetch them."""
     spec = _get_spec(name)

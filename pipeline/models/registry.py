@@ -8,9 +8,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.models.base import VideoModel
+from pipeline.models.mvit import MViT
 from pipeline.models.resnet3d import ResNet3D
 from pipeline.models.spec import ModelSpec
-from pipeline.models.x3d import X3D
+from pipeline.models.x3d import X3D, round_width
 
 __all__ = ["ModelSpec", "build_model", "get_spec", "list_models", "register_model"]
 
@@ -30,6 +31,7 @@ _BUILDERS: dict[str, Callable[[ModelSpec, str | None], VideoModel]] = {
     "c2d": ResNet3D,
     "i3d": ResNet3D,
     "x3d": X3D,
+    "mvit": MViT,
 }
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -336,3 +338,239 @@ def _register_dataset_zoo() -> None:
 
 _register_defaults()
 _register_dataset_zoo()
+
+
+# --------------------------------------------------------------------------- MViT family (transformers)
+
+_MVIT_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def native_input(name: str) -> tuple[int, int, int] | None:
+    """(num_frames, sampling_rate, crop) a registered model is limited to, or None when it takes any."""
+    spec = _REGISTRY.get(name)
+    if spec is None or not spec.native_input:
+        return None
+    return spec.num_frames, spec.sampling_rate, spec.crop_size
+
+
+def _stage_muls(*layers: int) -> dict[str, Any]:
+    """dim_mul and head_mul of 2.0 at the first layer of each later stage."""
+    pairs = tuple((layer, 2.0) for layer in layers)
+    return {"dim_mul": pairs, "head_mul": pairs}
+
+
+def _q_strides(depth: int, *layers: int, every_layer: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """POOL_Q_STRIDE rows: (1, 2, 2) at the stage starts; MViTv2 lists every other layer with (1, 1, 1)."""
+    rows = [(i, 1, 2, 2) if i in layers else (i, 1, 1, 1) for i in range(depth)]
+    return tuple(row for row in rows if every_layer or row[0] in layers)
+
+
+_MVIT_COMMON: dict[str, Any] = {"embed_dim": 96, "num_heads": 1, "pool_kv_stride_adaptive": (1, 8, 8)}
+_MVITV1: dict[str, Any] = {**_MVIT_COMMON, "sep_pos_embed": True}
+_MVITV2: dict[str, Any] = {
+    **_MVIT_COMMON,
+    "use_abs_pos": False,
+    "rel_pos_spatial": True,
+    "rel_pos_temporal": True,
+    "pool_kvq_kernel": (3, 3, 3),
+    "residual_pooling": True,
+    "dim_mul_in_att": True,
+}
+
+
+def _mvit(
+    name: str,
+    num_frames: int,
+    sampling_rate: int,
+    crop: int,
+    feature_dim: int,
+    builder: dict[str, Any],
+    **spec_fields: Any,
+) -> ModelSpec:
+    """An MViT-family spec: test short side = crop (PySlowFast's multi-view test), native input only."""
+    return ModelSpec(
+        name=name,
+        arch="mvit",
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        crop_size=crop,
+        short_side=crop,
+        feature_dim=feature_dim,
+        feature_layers=("norm",),
+        native_input=True,
+        builder_kwargs=builder,
+        **spec_fields,
+    )
+
+
+def _mvitv2(size: str, dataset: str) -> ModelSpec:
+    """MViTv2 S-16x4 / B-32x3 / L-40x3 from configs/{Kinetics,SSv2}/MVITv2_*.yaml (SSv2: 174 classes)."""
+    depth, stages, frames, crop, extra = {
+        "s": (16, (1, 3, 14), 16, 224, {}),
+        "b": (24, (2, 5, 21), 32, 224, {}),
+        "l": (48, (2, 8, 44), 40, 312, {"embed_dim": 144, "num_heads": 2}),
+    }[size]
+    files = {
+        ("s", "k400"): "MViTv2_S_16x4_k400_f302660347.pyth",
+        ("b", "k400"): "MViTv2_B_32x3_k400_f304025456.pyth",
+        ("l", "k400"): "MViTv2_L_40x3_k400_f306903192.pyth",
+        ("s", "ssv2"): "MViTv2_S_16x4_ssv2_f308341823.pyth",
+        ("b", "ssv2"): "MViTv2_B_32x3_ssv2_f305803282.pyth",
+        ("l", "ssv2"): "MViTv2_L_40x3_ssv2_f309603968.pyth",
+    }
+    file = files[(size, dataset)]
+    tau = 4 if size == "s" else 3
+    norm = {"mean": _IMAGENET_MEAN, "std": _IMAGENET_STD} if size == "l" else {}
+    # SSv2 frames are JPEGs decoded by cv2 (BGR) and flipped by REVERSE_INPUT_CHANNEL: the model sees RGB.
+    # PySlowFast's SSv2 loader spreads NUM_FRAMES over the whole video; T x tau here is the yaml's.
+    labels = {"num_classes": 174, "labels": None} if dataset == "ssv2" else {}
+    builder = {
+        **_MVITV2,
+        "depth": depth,
+        **_stage_muls(*stages),
+        "pool_q_stride": _q_strides(depth, *stages, every_layer=True),
+        **extra,
+    }
+    return _mvit(
+        f"mvitv2_{size}_{frames}x{tau}" + ("_ssv2" if dataset == "ssv2" else ""),
+        frames,
+        tau,
+        crop,
+        round_width(builder["embed_dim"], 8.0),
+        builder,
+        zoo_url=_MVIT_ZOO + "mvitv2/pysf_video_models/" + file,
+        zoo_filename=file,
+        **norm,
+        **labels,
+    )
+
+
+def _register_mvit() -> None:
+    """PySlowFast's MViTv1, MViTv2 and Rev-MViT zoo models, and three tiny test models."""
+    # MViTv1 B-16x4 (configs/Kinetics/MVIT_B_16x4_CONV.yaml); the zoo file is on Google Drive.
+    register_model(
+        _mvit(
+            "mvit_b_16x4",
+            16,
+            4,
+            224,
+            768,
+            {
+                **_MVITV1,
+                "depth": 16,
+                **_stage_muls(1, 3, 14),
+                "pool_kvq_kernel": (3, 3, 3),
+                "pool_q_stride": _q_strides(16, 1, 3, 14, every_layer=False),
+            },
+            zoo_url="https://drive.google.com/file/d/194gJinVejq6A1FmySNKQ8vAN5-FOY-QL/view?usp=sharing",
+            zoo_filename="MVIT_B_16x4_CONV.pyth",
+            zoo_manual=True,
+        )
+    )
+    # MViTv1 B-32x3 (configs/Kinetics/MVIT_B_32x3_CONV.yaml: 24 layers, pooling kernels from the strides).
+    b32 = {
+        **_MVITV1,
+        "depth": 24,
+        **_stage_muls(2, 5, 21),
+        "pool_q_stride": _q_strides(24, 2, 5, 21, every_layer=False),
+    }
+    for suffix, classes, labels in (("", 400, "kinetics400"), ("_k600", 600, None)):
+        register_model(
+            _mvit(
+                f"mvit_b_32x3{suffix}",
+                32,
+                3,
+                224,
+                768,
+                dict(b32),
+                num_classes=classes,
+                labels=labels,
+                zoo_url=_MVIT_ZOO + f"mvit/k{classes}.pyth",
+                zoo_filename=f"k{classes}.pyth",
+            )
+        )
+    for dataset in ("k400", "ssv2"):
+        for size in ("s", "b", "l"):
+            register_model(_mvitv2(size, dataset))
+    # Rev-MViT B-16x4 (configs/Kinetics/REV_MVIT_B_16x4_CONV.yaml). That yaml sets CLS_EMBED_ON: True, but
+    # PySlowFast's MViT asserts no cls token with REV.ENABLE: the model it builds has none.
+    register_model(
+        _mvit(
+            "rev_mvit_b_16x4",
+            16,
+            4,
+            224,
+            1536,
+            {
+                **_MVITV1,
+                "depth": 16,
+                "qkv_bias": False,
+                "cls_embed_on": False,
+                **_stage_muls(1, 3, 14),
+                "pool_kvq_kernel": (3, 3, 3),
+                "pool_q_stride": _q_strides(16, 1, 3, 14, every_layer=False),
+                "rev": True,
+                "rev_respath_fuse": "concat",
+                "rev_buffer_layers": (1, 3, 14),
+                "rev_res_path": "conv",
+                "rev_pre_q_fusion": "avg",
+            },
+            zoo_url="https://dl.fbaipublicfiles.com/pyslowfast/rev/REV_MVIT_B_16x4.pyth",
+            zoo_filename="REV_MVIT_B_16x4.pyth",
+        )
+    )
+
+    tiny: dict[str, Any] = {
+        "embed_dim": 16,
+        "num_heads": 1,
+        "depth": 3,
+        **_stage_muls(1),
+        "pool_kvq_kernel": (3, 3, 3),
+        "pool_kv_stride_adaptive": (1, 4, 4),
+    }
+    tiny_spec = {"num_classes": 10, "labels": None}
+    register_model(
+        _mvit(
+            "mvitv1_tiny",
+            4,
+            2,
+            32,
+            32,
+            {**tiny, "sep_pos_embed": True, "pool_q_stride": _q_strides(3, 1, every_layer=False)},
+            **tiny_spec,
+        )
+    )
+    register_model(
+        _mvit(
+            "mvitv2_tiny",
+            4,
+            2,
+            32,
+            32,
+            {**_MVITV2, **tiny, "pool_q_stride": _q_strides(3, 1, every_layer=True)},
+            **tiny_spec,
+        )
+    )
+    register_model(
+        _mvit(
+            "rev_mvit_tiny",
+            4,
+            2,
+            32,
+            64,
+            {
+                **tiny,
+                "sep_pos_embed": True,
+                "cls_embed_on": False,
+                "pool_q_stride": _q_strides(3, 1, every_layer=False),
+                "rev": True,
+                "rev_buffer_layers": (1,),
+            },
+            **tiny_spec,
+        )
+    )
+
+
+_register_mvit()

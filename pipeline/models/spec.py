@@ -11,7 +11,7 @@ class ModelSpec:
     """Static description of a model: architecture, input sampling, preprocessing and zoo file."""
 
     name: str  # e.g. "slowfast_r50"
-    arch: str  # "slowfast" | "slow" | "c2d" | "i3d" | "x3d"
+    arch: str  # "slowfast" | "slow" | "c2d" | "i3d" | "x3d" | "mvit"
     num_frames: int  # T fed to the (fast) pathway
     sampling_rate: int  # tau, in frames
     crop_size: int  # test crop
@@ -31,6 +31,7 @@ class ModelSpec:
     labels: str | None = "kinetics400"  # asset name for top-5 names, None if unknown
     head_act: str = "softmax"  # what PySlowFast applies to the logits: "softmax" | "sigmoid" (multi-label)
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
+    native_input: bool = False  # position embeddings fix T, tau and crop: other values are refused
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
