@@ -76,6 +76,7 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
     """Every setting that changes the numbers in a feature file; resume compares these."""
     d, m = cfg.data, cfg.model
     resize: dict[str, Any] = {"mode": d.resize.mode.value, "backend": d.resize.backend.value}
+    resize["interpolation"] = frame_transform(cfg).interpolation  # cv2 vs float bilinear: different numbers
     if d.resize.mode is ResizeMode.square:
         resize["size"] = list(d.resize.size)
     else:

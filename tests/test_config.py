@@ -31,6 +31,26 @@ def test_epic_preset(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("preset", "model", "grid"),
+    [
+        # (fps, T, tau, stride, window, pad, resize mode, resize size): the recipes' numbers, see the YAMLs
+        ("epic", "slowfast_r50_epic", (30, 32, 1, 16, "sliding", "zero", "square", [256, 256])),
+        ("thumos14", "i3d_r50", (None, 16, 1, 4, "sliding", "zero", "square", [256, 256])),
+        ("activitynet", "slowfast_r50", (15, 16, 1, 16, "sliding", "zero", "square", [256, 256])),
+    ],
+)
+def test_feature_set_presets(tmp_path, preset, model, grid):
+    cfg = compose_config(model, [f"data.root={tmp_path}"], data=preset)
+    d = cfg.data
+    values = (d.fps, d.num_frames, d.sampling_rate, d.stride, d.window, d.pad, d.resize.mode, d.resize.size)
+    assert tuple(getattr(v, "value", v) for v in values) == grid
+    assert d.name == preset
+    validate(cfg)
+    out = output_dir_of(as_object(cfg), tmp_path)
+    assert out.parts[-2] == preset and f"_{grid[1]}x1_s{grid[3]}" in out.name
+
+
+@pytest.mark.parametrize(
     ("override", "key"),
     [
         ("data.num_frames=30", "data.num_frames"),  # not divisible by alpha=4

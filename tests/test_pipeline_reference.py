@@ -8,9 +8,13 @@ random weights from a `.pyth` file. Features must agree within 1e-4 relative.
 from __future__ import annotations
 
 import json
+import math
+import shutil
+from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 
 from pipeline.synth import write_video
@@ -72,3 +76,85 @@ def test_pipeline_features_equal_pyslowfast(tmp_path):
     assert relative_error(torch.from_numpy(ours), torch.from_numpy(theirs)) < 1e-4
     side = json.loads((out / "features" / f"clip_{T}.json").read_text())
     assert side["checkpoint"]["random"] is False and len(side["checkpoint"]["sha256"]) == 64
+
+
+REAL_CLIP = Path(__file__).parent / "data" / "big_buck_bunny_720p_16f.mp4"  # 1280x720, see data/README.md
+
+
+def recipe_clips(video: Path, mode: str) -> list[torch.Tensor]:
+    """Normalised (1, 3, T, CROP, CROP) fast-pathway clips of `video`, every STRIDE frames, built the way
+    each recipe's own code does: "square" = the old extractor (cv2.resize of the whole frame to the
+    square, then /255 and normalise); "short_side" = PySlowFast's test transform (normalise the float
+    frames, `F.interpolate` the short side to CROP as (C, T, H, W), centre crop), never rounded."""
+    import cv2
+
+    with av.open(str(video)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    n = len(frames)
+    clips = []
+    for start in range(0, n, STRIDE):
+        index = [start + t * TAU for t in range(T)]
+        valid = torch.tensor([j < n for j in index])
+        chosen = frames[[min(j, n - 1) for j in index]]
+        if mode == "square":
+            resized = np.stack([cv2.resize(f, (CROP, CROP), interpolation=cv2.INTER_LINEAR) for f in chosen])
+            clip = ((torch.from_numpy(resized).float() / 255.0 - 0.45) / 0.225).permute(3, 0, 1, 2)
+        else:
+            clip = ((torch.from_numpy(chosen).float() / 255.0 - 0.45) / 0.225).permute(3, 0, 1, 2)
+            height, width = clip.shape[2:]
+            new_w = int(math.floor(width / height * CROP))  # landscape: the short side is the height
+            clip = torch.nn.functional.interpolate(
+                clip, size=(CROP, new_w), mode="bilinear", align_corners=False
+            )
+            x = int(math.ceil((new_w - CROP) / 2))
+            clip = clip[:, :, :, x : x + CROP]
+        clips.append(clip * valid[None, :, None, None])  # zero padding stays 0 after normalisation
+    return [c[None] for c in clips]
+
+
+@pytest.mark.parametrize(
+    ("mode", "resize", "tolerance"),
+    [
+        # the old extractor's squash: OpenCV bit for bit, so only float noise is left
+        ("square", [f"data.resize.size=[{CROP},{CROP}]"], 1e-4),
+        # PySlowFast's float interpolation: our clip is it rounded to the nearest grey level (+-0.5)
+        ("short_side", [f"data.resize.short_side={CROP}", f"data.resize.crop={CROP}"], 2e-3),
+    ],
+)
+def test_recipes_on_real_footage_equal_their_reference(tmp_path, mode, resize, tolerance):
+    require_reference()
+    torch.manual_seed(0)
+    model, features_fn = reference_model("slowfast", T, CROP, alpha=ALPHA, fusion_kernel=7)
+    randomize_(model)
+    checkpoint = tmp_path / "weights.pyth"
+    torch.save({"model_state": model.state_dict()}, checkpoint)
+    root = tmp_path / "videos"
+    root.mkdir()
+    shutil.copy(REAL_CLIP, root / "real.mp4")
+    (root / "video_list.csv").write_text("real.mp4\n")
+    out = tmp_path / "out"
+    done = run_extract(
+        tmp_path,
+        "model=slowfast_r50",
+        f"model.checkpoint={checkpoint}",
+        "data=custom",
+        f"data.root={root}",
+        f"data.num_frames={T}",
+        f"data.sampling_rate={TAU}",
+        f"data.stride={STRIDE}",
+        f"data.resize.mode={mode}",
+        *resize,
+        f"output_dir={out}",
+        "output.hdf5=false",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ours = torch.from_numpy(np.load(out / "features" / f"real_{T}.npy"))
+    with torch.no_grad():
+        rows = []
+        for fast in recipe_clips(root / "real.mp4", mode):
+            slow = fast[:, :, [int(i) for i in np.floor(np.linspace(0, T - 1, T // ALPHA)).astype(int)]]
+            rows.append(features_fn([slow, fast])[0][0])
+    theirs = torch.stack(rows)
+    assert ours.shape == theirs.shape == (2, 2304)
+    error = relative_error(ours, theirs)
+    assert error < tolerance

@@ -1,21 +1,25 @@
 """Tests for pipeline.transforms: resize vs OpenCV, sizes and crops vs PySlowFast's own functions,
-channel order, the ffmpeg backend's skipped resize, and normalize_clips' zero padding."""
+both recipes' resizing on real footage, channel order, the ffmpeg backend's skipped resize, and
+normalize_clips' zero padding."""
 
 from __future__ import annotations
 
 import enum
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.transforms import (
     FrameTransform,
     crop_offsets,
     normalize_clips,
     resize_bilinear,
+    resize_float_bilinear,
     short_side_size,
 )
 
@@ -160,7 +164,7 @@ def test_short_side_three_crops():
     t = FrameTransform(mode="short_side", short_side=64, crop=48, num_crops=3)
     out = t(image)
     assert out.shape == (3, 48, 48, 3) == t.output_shape and out.flags.c_contiguous
-    resized = resize_bilinear(image, *short_side_size(200, 120, 64))
+    resized = resize_float_bilinear(image, *short_side_size(200, 120, 64))
     assert resized.shape == (64, 106, 3)
     for crop, (x, y) in zip(out, [(0, 8), (29, 8), (58, 8)], strict=True):
         assert np.array_equal(crop, resized[y : y + 48, x : x + 48])
@@ -191,7 +195,9 @@ def test_ffmpeg_backend_skips_resize_of_decoder_sized_frames():
     # the torch backend never asks the decoder to resize, and resizes itself
     torch_t = FrameTransform(mode="short_side", short_side=64, crop=64, source_size=(1920, 1080))
     assert torch_t.decoder_resize is None
-    assert np.array_equal(torch_t(frame(1080, 1920))[0], t(resize_bilinear(frame(1080, 1920), 113, 64))[0])
+    assert np.array_equal(
+        torch_t(frame(1080, 1920))[0], t(resize_float_bilinear(frame(1080, 1920), 113, 64))[0]
+    )
     # without a source size, short_side mode hands the decoder a function of the source size
     per_video = FrameTransform(mode="short_side", short_side=64, crop=64, backend="ffmpeg").decoder_resize
     assert callable(per_video)
@@ -243,3 +249,126 @@ def test_normalize_clips_on_device(device):
     assert out.device.type == device
     assert torch.equal(out[0, :, 0].cpu(), torch.ones(3, 3, 3))
     assert torch.equal(out[0, :, 1].cpu(), torch.zeros(3, 3, 3))
+
+
+# --- both recipes on real footage ------------------------------------------------------------------
+
+REAL_CLIP = Path(__file__).parent / "data" / "big_buck_bunny_720p_16f.mp4"  # see tests/data/README.md
+FLOAT32_SLACK = 0.01  # grey levels: PySlowFast's float32 interpolation vs the exact value (0.005 seen)
+
+
+def real_frames() -> list[np.ndarray]:
+    """The 16 decoded RGB frames (1280x720) of the shipped Big Buck Bunny clip."""
+    import av
+
+    with av.open(str(REAL_CLIP)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_real_clip_is_textured():
+    frames = real_frames()
+    assert len(frames) == 16 and frames[0].shape == (720, 1280, 3)
+    gray = frames[0].astype(np.float64).mean(axis=2)
+    laplacian = gray[1:-1, 1:-1] * 4 - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:]
+    assert laplacian.std() > 5  # fine texture everywhere, not a smooth synthetic pattern
+    chroma = frames[0].astype(np.int16)[..., 1] - frames[0].astype(np.int16)[..., 0]
+    assert chroma.std() > 10
+
+
+@pytest.mark.parametrize("size", [(256, 256), (224, 224), (171, 128), (640, 360), (1411, 793)])
+def test_square_mode_is_opencv_inter_linear_bit_exact_on_real_frames(size):
+    """The seed-style squash (data=epic) is OpenCV's uint8 INTER_LINEAR, bit for bit, both channel orders."""
+    cv2 = pytest.importorskip("cv2")
+    frames = real_frames()
+    rgb = FrameTransform(mode="square", size=size)
+    bgr = FrameTransform(mode="square", size=size, channel_order="bgr")
+    for image in frames[::5]:
+        theirs = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(rgb(image)[0], theirs)
+        assert np.array_equal(bgr(image)[0], theirs[..., ::-1])
+    assert rgb.interpolation == "opencv_linear_uint8"
+
+
+def pyslowfast_test_crops(
+    frames: list[np.ndarray], short_side: int, crop: int, spatial_idx: int, mean: float, std: float
+) -> torch.Tensor:
+    """PySlowFast's test-time spatial recipe, written out independently (datasets/kinetics.py and
+    utils.py: uint8 T H W C -> float / 255 -> (x - mean) / std -> C T H W -> `F.interpolate` of the
+    (C, T, H, W) tensor as a batch of C images with T channels, bilinear, align_corners=False ->
+    `uniform_crop`). Returns (C, T, crop, crop) float32."""
+    clip = torch.from_numpy(np.stack(frames)).float() / 255.0
+    clip = ((clip - mean) / std).permute(3, 0, 1, 2)
+    height, width = clip.shape[2:]
+    if width < height:
+        new_w, new_h = short_side, int(math.floor(height / width * short_side))
+    else:
+        new_w, new_h = int(math.floor(width / height * short_side)), short_side
+    clip = F.interpolate(clip, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    y = int(math.ceil((new_h - crop) / 2))
+    x = int(math.ceil((new_w - crop) / 2))
+    if new_h > new_w:
+        y = {0: 0, 1: y, 2: new_h - crop}[spatial_idx]
+    else:
+        x = {0: 0, 1: x, 2: new_w - crop}[spatial_idx]
+    return clip[:, :, y : y + crop, x : x + crop]
+
+
+@pytest.mark.parametrize("short_side, crop", [(256, 256), (256, 224), (182, 160), (356, 356)])
+def test_short_side_mode_interpolates_like_pyslowfast_on_real_frames(short_side, crop):
+    """Our uint8 crops, normalised, are PySlowFast's float values rounded to the nearest grey level."""
+    frames = real_frames()[:8]
+    mean, std = 0.45, 0.225
+    t = FrameTransform(mode="short_side", short_side=short_side, crop=crop, num_crops=3)
+    assert t.interpolation == "pyslowfast_float_bilinear"
+    ours = np.stack([t(image) for image in frames], axis=1)  # (crops, T, h, w, 3) uint8
+    for spatial_idx in range(3):
+        theirs = pyslowfast_test_crops(frames, short_side, crop, spatial_idx, mean, std)
+        levels = (theirs.permute(1, 2, 3, 0).double() * std + mean) * 255  # back to grey levels
+        error = ours[spatial_idx].astype(np.float64) - levels.numpy()
+        # The nearest uint8 to the exact value; PySlowFast's float32 arithmetic (source positions in
+        # float32) is itself up to ~0.005 levels from the exact value.
+        assert np.abs(error).max() <= 0.5 + FLOAT32_SLACK
+        assert abs(error.mean()) < 0.01  # no bias (the old uint8 kernel was biased by +0.2 levels)
+        rounded = np.clip(np.round(levels.numpy()), 0, 255)
+        differ = ours[spatial_idx] != rounded  # only where PySlowFast's value is a near-tie (x.5)
+        assert np.abs(np.abs(error[differ]) - 0.5).max(initial=0) < FLOAT32_SLACK
+        assert differ.mean() < 1e-3  # exact ties (x + 0.5) are common at these scales
+
+
+def test_short_side_mode_against_pyslowfast_own_functions_on_a_real_frame():
+    """The same through PyPI slowfast's own `random_short_side_scale_jitter` and `uniform_crop`."""
+    reference = slowfast_transform()
+    image = real_frames()[3]
+    images = torch.from_numpy(image).float().permute(2, 0, 1)[:, None]  # (C, T=1, H, W), 0..255
+    scaled, _ = reference.random_short_side_scale_jitter(images, 256, 256)
+    cropped, _ = reference.uniform_crop(scaled, 224, 1)
+    theirs = cropped[:, 0].permute(1, 2, 0).numpy()
+    ours = FrameTransform(mode="short_side", short_side=256, crop=224)(image)[0]
+    assert np.abs(ours - theirs.astype(np.float64)).max() <= 0.5 + FLOAT32_SLACK
+
+
+def test_resize_float_bilinear_keeps_size_and_validates():
+    image = frame(9, 13)
+    assert resize_float_bilinear(image, 13, 9) is image
+    assert (resize_float_bilinear(np.full((7, 5, 3), 201, np.uint8), 30, 20) == 201).all()
+    with pytest.raises(ValueError, match="uint8"):
+        resize_float_bilinear(image.astype(np.float32), 5, 5)
+    with pytest.raises(ValueError, match=">= 1"):
+        resize_float_bilinear(image, 0, 5)
+
+
+@pytest.mark.parametrize("src, dst", SIZES)
+def test_resize_float_bilinear_is_the_nearest_uint8_to_exact_bilinear(src, dst):
+    """Against float64 `F.interpolate` (the exact value of PySlowFast's formula): never more than half a
+    grey level off, down- and upscaling, odd sizes, on a real frame."""
+    h, w = src
+    image = np.ascontiguousarray(real_frames()[7][:h, :w])
+    ours = resize_float_bilinear(image, *dst)
+    assert ours.shape == (dst[1], dst[0], 3) and ours.dtype == np.uint8 and ours.flags.c_contiguous
+    exact = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].double(),
+        size=(dst[1], dst[0]),
+        mode="bilinear",
+        align_corners=False,
+    )[0].permute(1, 2, 0)
+    assert np.abs(ours - exact.numpy()).max() <= 0.5 + 1e-4
