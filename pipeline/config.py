@@ -34,6 +34,7 @@ class Pad(str, Enum):
     zero = "zero"
     edge = "edge"
     drop = "drop"
+    shift = "shift"  # move the last clip back to end on the last frame (Ego4D's rule), no padding
 
 
 class ResizeMode(str, Enum):
@@ -259,6 +260,8 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         )
     if m.alpha is not None and d.num_frames % m.alpha:
         _fail("data.num_frames", f"{d.num_frames} is not divisible by model.alpha={m.alpha}")
+    if d.pad is Pad.shift and d.window is not Window.sliding:
+        _fail("data.pad", "'shift' moves the last clip back and needs data.window=sliding")
     if d.window is Window.centered and d.num_frames % 2:
         _fail("data.num_frames", f"centered windows need an even number of frames (got {d.num_frames})")
     if d.fps is not None and d.fps <= 0:
