@@ -20,7 +20,8 @@ from pipeline.checkpoint import (
     pytorchvideo_temporal_pool,
     read_state_dict,
 )
-from pipeline.models import build_model
+from pipeline.models import build_model, get_spec
+from pipeline.models.resnet3d import window_average
 
 RTOL = 1e-4
 
@@ -272,3 +273,55 @@ def test_pytorchvideo_c2d_refused_by_a_model_without_temporal_pool(tmp_path: Pat
     torch.save({"model_state": theirs.state_dict()}, path)
     with pytest.raises(CheckpointError, match="trained with temporal_pool=2 .* c2d_r50 has temporal_pool=1"):
         load_checkpoint(path, build_model("c2d_r50"), require_head=False)
+
+
+# --------------------------------------------------------------------------- pool_7x7: pytorchvideo's head pooling
+
+
+def test_window_average_equals_stride_one_avg_pool_then_mean() -> None:
+    x = torch.randn(2, 5, 3, 8, 9, generator=torch.Generator().manual_seed(5))
+    expected = nn.AvgPool3d((3, 7, 7), stride=1)(x).flatten(2).mean(dim=2)
+    assert torch.allclose(window_average(x, 7), expected, rtol=1e-6, atol=1e-7)
+    # windows overlap: the centre weighs more than in the global mean
+    assert relative_error(window_average(x, 7), x.mean(dim=(2, 3, 4))) > 1e-2
+    small = x[..., :7, :7]
+    assert torch.allclose(window_average(small, 7), small.mean(dim=(2, 3, 4)), rtol=1e-6, atol=1e-7)
+    assert torch.allclose(window_average(x[..., :4, :4], 7), x[..., :4, :4].mean(dim=(2, 3, 4)), atol=1e-7)
+
+
+class _Ego4dFeatures(nn.Module):
+    """What Ego4D puts in place of the head (its `GetFv`): the mean of PoolConcatPathway's output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], -1).mean(dim=2)
+
+
+def test_ego4d_model_entry_equals_pytorchvideo_with_ego4d_head(tmp_path: Path) -> None:
+    """slowfast_r101_pytorchvideo's default layer = Ego4D's feature of pytorchvideo's slowfast_r101 (256 crop)."""
+    hub = pytorchvideo_hub()["slowfast"]
+    spec = get_spec("slowfast_r101_pytorchvideo")
+    assert spec.zoo_url == hub.checkpoint_paths["slowfast_r101"]
+    assert spec.default_feature_layer == "pool_7x7"
+    # 4 frames instead of 32 to keep it quick: their head pool's time kernel shrinks with it (1 slow, 4 fast)
+    theirs = hub.slowfast_r101(pretrained=False, head_pool_kernel_sizes=((1, 7, 7), (4, 7, 7)))
+    theirs = randomize_(theirs, seed=6).eval()
+    path = tmp_path / "SLOWFAST_8x8_R101.pyth"
+    torch.save({"model_state": theirs.state_dict()}, path)
+    theirs.blocks[6] = _Ego4dFeatures()
+
+    ours = build_model("slowfast_r101_pytorchvideo")
+    load_checkpoint(path, ours, require_head=False)
+    clips = torch.randn(1, 3, 4, 256, 256, generator=torch.Generator().manual_seed(7))
+    inputs = ours.pathways(clips)
+    res5: list[torch.Tensor] = []
+    handle = ours.s5.register_forward_hook(lambda _m, _a, out: res5.extend(out))
+    try:
+        with torch.inference_mode():
+            expected = theirs(list(inputs))
+            features = ours.forward_features(inputs)
+    finally:
+        handle.remove()
+    plain = torch.cat([t.mean(dim=(2, 3, 4)) for t in res5], dim=1)
+    assert features.shape == expected.shape == (1, 2304)
+    assert relative_error(features, expected) < RTOL
+    assert relative_error(plain, expected) > 10 * RTOL  # the global mean is not Ego4D's feature
