@@ -42,6 +42,11 @@ class ResizeMode(str, Enum):
     short_side = "short_side"
 
 
+class CropRounding(str, Enum):
+    ceil = "ceil"  # PySlowFast's uniform_crop
+    half_even = "half_even"  # torchvision's CenterCropVideo (Python round), Ego4D's features
+
+
 class ResizeBackend(str, Enum):
     torch = "torch"
     ffmpeg = "ffmpeg"
@@ -118,6 +123,7 @@ class ResizeConfig:
     short_side: int = "${model.short_side}"  # type: ignore[assignment]
     crop: int = "${model.crop_size}"  # type: ignore[assignment]
     backend: ResizeBackend = ResizeBackend.torch
+    crop_rounding: CropRounding = CropRounding.ceil  # how the centre crop offset (size - crop) / 2 rounds
 
 
 @dataclass
