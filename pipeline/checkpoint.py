@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "pytorchvideo_arch",
     "pytorchvideo_key_map",
+    "pytorchvideo_temporal_pool",
     "read_state_dict",
     "sniff_format",
 ]
