@@ -1,9 +1,9 @@
 """Load PySlowFast checkpoints (PyTorch .pyth or Caffe2 .pkl) into our models, strictly.
 
 The format is sniffed from the file's bytes, never its extension; a PyTorch file whose keys use
-pytorchvideo's names (`blocks.0.multipathway_blocks.0.conv.weight`, ...) is renamed to PySlowFast's. Caffe2 pickles are read by a
-restricted unpickler that only rebuilds numpy arrays, so a crafted file cannot run code; PyTorch files
-go through ``torch.load(weights_only=True)``. Every backbone tensor must be filled: there is no fallback
+pytorchvideo's names (`blocks.0.multipathway_blocks.0.conv.weight`, ...) is renamed to PySlowFast's.
+Caffe2 pickles are read by a restricted unpickler that only rebuilds numpy arrays, so a crafted file
+cannot run code; PyTorch files go through ``torch.load(weights_only=True)``. Every backbone tensor must be filled: there is no fallback
 to random weights. The classifier (``head.projection*``) may be skipped when the caller does not need it.
 """
 
