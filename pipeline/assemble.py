@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline import naming
 from pipeline.config import (
     ConfigError,
+    CropRounding,
     DataConfig,
     ExtractConfig,
     HardwareConfig,
@@ -69,6 +70,7 @@ def frame_transform(cfg: ExtractConfig) -> FrameTransform:
         num_crops=cfg.data.crops,
         channel_order=cfg.model.channel_order.value,
         backend=r.backend.value,
+        crop_rounding=r.crop_rounding.value,
     )
 
 
@@ -81,6 +83,8 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
         resize["size"] = list(d.resize.size)
     else:
         resize.update(short_side=d.resize.short_side, crop=d.resize.crop)
+        if d.resize.crop_rounding is not CropRounding.ceil:  # absent by default: older outputs still match
+            resize["crop_rounding"] = d.resize.crop_rounding.value
     return {
         "model": m.name,
         "feature_layer": m.feature_layer,

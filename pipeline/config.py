@@ -34,11 +34,17 @@ class Pad(str, Enum):
     zero = "zero"
     edge = "edge"
     drop = "drop"
+    shift = "shift"  # move the last clip back to end on the last frame (Ego4D's rule), no padding
 
 
 class ResizeMode(str, Enum):
     square = "square"
     short_side = "short_side"
+
+
+class CropRounding(str, Enum):
+    ceil = "ceil"  # PySlowFast's uniform_crop
+    half_even = "half_even"  # torchvision's CenterCropVideo (Python round), Ego4D's features
 
 
 class ResizeBackend(str, Enum):
@@ -117,6 +123,7 @@ class ResizeConfig:
     short_side: int = "${model.short_side}"  # type: ignore[assignment]
     crop: int = "${model.crop_size}"  # type: ignore[assignment]
     backend: ResizeBackend = ResizeBackend.torch
+    crop_rounding: CropRounding = CropRounding.ceil  # how the centre crop offset (size - crop) / 2 rounds
 
 
 @dataclass
@@ -259,6 +266,8 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         )
     if m.alpha is not None and d.num_frames % m.alpha:
         _fail("data.num_frames", f"{d.num_frames} is not divisible by model.alpha={m.alpha}")
+    if d.pad is Pad.shift and d.window is not Window.sliding:
+        _fail("data.pad", "'shift' moves the last clip back and needs data.window=sliding")
     if d.window is Window.centered and d.num_frames % 2:
         _fail("data.num_frames", f"centered windows need an even number of frames (got {d.num_frames})")
     if d.fps is not None and d.fps <= 0:

@@ -30,7 +30,7 @@ from pipeline.assemble import (
     resolved_config,
     setup_torch,
 )
-from pipeline.config import ExtractConfig, ModelConfig, video_list_path
+from pipeline.config import DataConfig, ExtractConfig, ModelConfig, video_list_path
 from pipeline.engine import VideoJob, VideoResult
 from pipeline.inference import WeightsInfo
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
@@ -252,6 +252,7 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
             summary.skipped,
         )
         progress = Progress(len(todo))
+        fps_noted = False
         jobs = [VideoJob(e.key, e.path, e.rel) for e in todo]
         try:
             for result in engine.run(jobs):
@@ -275,6 +276,10 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
                         result.seconds,
                         rate,
                     )
+                    note = recipe_fps_note(c.data, result.info.native_fps if result.info else None, entry.rel)
+                    if note and not fps_noted:
+                        log.info(note)
+                        fps_noted = True
                     if written["partial"]:
                         log.warning(
                             "PARTIAL %s: decoding stopped at %.1f s of %.1f s (truncated file?); kept "
@@ -307,6 +312,19 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
         summary.seconds,
     )
     return summary
+
+
+def recipe_fps_note(data: DataConfig, native_fps: float | None, rel: str) -> str | None:
+    """The line a preset run logs (once) when a video's frame rate is not its recipe's; None otherwise."""
+    if data.fps is None or native_fps is None or data.name == "custom":
+        return None
+    if abs(native_fps - data.fps) <= 1e-3 * data.fps:
+        return None
+    return (
+        f"data={data.name}: the recipe runs at {data.fps:g} fps; {rel} is {native_fps:.6g} fps, resampled to "
+        f"{data.fps:g} fps (frame k = the last decoded frame at or before k/{data.fps:g} s); videos at other "
+        "rates are resampled the same way, logged once per shard"
+    )
 
 
 # --- write one result: feature file, logits, sidecar; its manifest record -----------------------

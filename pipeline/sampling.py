@@ -8,6 +8,10 @@ Window kinds (T = num_frames, tau = sampling_rate):
 - "centered": clip k is centred on frame i = k*stride and covers i + (j - T/2)*tau for j = 0..T-1.
 Padding: "zero" and "edge" keep every clip whose anchor (sliding: first frame, centered: centre frame)
 lies in [0, n), so there is one row per `stride` frames; "drop" keeps only clips entirely inside [0, n).
+"shift" (sliding only) keeps the "drop" clips and, when they stop short of the video's end, adds one clip
+moved back so that it ends on the last frame; a video shorter than one clip gives one clip of T frames
+spread evenly over all its frames. No clip needs padding. This is the Ego4D features' rule
+(pytorchvideo's UniformClipSampler with backpad_last=True, then UniformTemporalSubsample to T frames).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 
 WINDOW_KINDS = ("sliding", "centered")
-PAD_MODES = ("zero", "edge", "drop")
+PAD_MODES = ("zero", "edge", "drop", "shift")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class WindowSpec:
     sampling_rate: int  # tau, stride inside a clip in (resampled) frames
     stride: int  # frames between consecutive clips
     window: str = "sliding"  # "sliding" | "centered"
-    pad: str = "zero"  # "zero" | "edge" | "drop"
+    pad: str = "zero"  # "zero" | "edge" | "drop" | "shift"
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "sampling_rate", "stride"):
@@ -43,6 +47,8 @@ class WindowSpec:
             raise ValueError(f"WindowSpec.window must be one of {WINDOW_KINDS}, got {self.window!r}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"WindowSpec.pad must be one of {PAD_MODES}, got {self.pad!r}")
+        if self.pad == "shift" and self.window != "sliding":
+            raise ValueError("WindowSpec.pad 'shift' needs window 'sliding' (it moves the last clip back)")
         if self.window == "centered" and self.num_frames % 2:
             raise ValueError(
                 f"WindowSpec.num_frames must be even for a centered window, got {self.num_frames}"
@@ -73,6 +79,11 @@ def _num_rows(n: int, spec: WindowSpec) -> int:
     """Number of clips for a video of n frames."""
     if n <= 0:
         return 0
+    if spec.pad == "shift":
+        if n < spec.span:
+            return 1
+        regular, rest = divmod(n - spec.span, spec.stride)
+        return regular + 1 + (1 if rest else 0)
     a0 = spec.first_anchor()
     # Last anchor allowed: n - 1 when padding, else the one whose last frame is n - 1.
     limit = n - 1 if spec.pad != "drop" else n - 1 - int(spec.offsets[-1])
@@ -91,7 +102,27 @@ def clip_windows(n: int, spec: WindowSpec) -> np.ndarray:
         raise ValueError(f"frame count must be >= 0, got {n}")
     rows = _num_rows(n, spec)
     anchors = spec.first_anchor() + np.arange(rows, dtype=np.int64) * spec.stride
-    return anchors[:, None] + spec.offsets[None, :]
+    windows = anchors[:, None] + spec.offsets[None, :]
+    if spec.pad == "shift" and rows:
+        windows[-1] = shifted_last_clip(n, spec)
+    return windows
+
+
+def shifted_last_clip(n: int, spec: WindowSpec) -> np.ndarray:
+    """(T,) frame indices of the last clip under pad "shift": ends on frame n-1 (or spreads over n frames).
+
+    n >= span: the clip [n - span, n) with the spec's tau (the same as a regular clip when it fits the
+    stride grid); n < span: T indices linspace(0, n-1, T) in float32, truncated, as pytorchvideo's
+    UniformTemporalSubsample picks them (frames repeat, none is padding).
+    """
+    if n < 1:
+        raise ValueError(f"frame count must be >= 1, got {n}")
+    if n >= spec.span:
+        return (n - spec.span) + spec.offsets
+    import torch  # local: keeps this module importable and cheap for pure users
+
+    points = torch.linspace(0, n - 1, spec.num_frames, dtype=torch.float32)
+    return points.clamp(0, n - 1).long().numpy().astype(np.int64)
 
 
 def resolve_padding(windows: np.ndarray, n: int, pad: str) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +139,8 @@ def resolve_padding(windows: np.ndarray, n: int, pad: str) -> tuple[np.ndarray, 
             raise ValueError("windows must be empty for a video with 0 frames")
         return windows.copy(), np.ones(windows.shape, dtype=bool)
     inside = (windows >= 0) & (windows < n)
-    if pad == "drop" and not inside.all():
-        raise ValueError("pad='drop' windows must lie inside [0, n)")
+    if pad in ("drop", "shift") and not inside.all():
+        raise ValueError(f"pad={pad!r} windows must lie inside [0, n)")
     clamped = np.clip(windows, 0, n - 1)
     valid = inside if pad == "zero" else np.ones(windows.shape, dtype=bool)
     return clamped, valid
@@ -217,7 +248,10 @@ class ClipStream:
 
     def _oldest_needed(self) -> int:
         """Smallest frame index any future clip may still need."""
-        return self._anchor(self._next_row) + self._offsets[0]
+        oldest = self._anchor(self._next_row) + self._offsets[0]
+        if self.spec.pad == "shift":  # the clip shifted to the end may start span - 1 frames back
+            oldest = min(oldest, self._count - self.spec.span)
+        return oldest
 
     def push(self, payload: Any, time: float) -> list[ReadyClip]:
         """Add the next frame (index 0, 1, 2, ...); return the clips it completes, in row order."""
@@ -231,6 +265,8 @@ class ClipStream:
         self._last = entry
         if index >= self._oldest_needed():
             self._frames.append(entry)
+            if self.spec.pad == "shift":  # the end is unknown: keep only the last span frames
+                self._release()
         ready = []
         while self._anchor(self._next_row) + self._offsets[-1] <= index:
             ready.append(self._emit())
@@ -241,7 +277,8 @@ class ClipStream:
         if self._finished:
             return []
         self._finished = True
-        ready = [self._emit() for _ in range(self._next_row, _num_rows(self._count, self.spec))]
+        rows = _num_rows(self._count, self.spec)
+        ready = [self._emit() for _ in range(self._next_row, rows)]
         self._frames.clear()
         return ready
 
@@ -250,6 +287,8 @@ class ClipStream:
         assert self._first is not None and self._last is not None
         anchor = self._anchor(self._next_row)
         indices = [anchor + o for o in self._offsets]
+        if self._finished and self.spec.pad == "shift" and indices[-1] >= self._count:
+            indices = [int(j) for j in shifted_last_clip(self._count, self.spec)]
         zero = self.spec.pad == "zero"
         frames: list[Any] = []
         valid = np.ones(len(indices), dtype=bool)

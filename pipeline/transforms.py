@@ -27,6 +27,10 @@ INTERPOLATION = {"square": "opencv_linear_uint8", "short_side": "pyslowfast_floa
 # threads do not survive the fork of a decode worker).
 cv2.setNumThreads(0)
 
+# How the centre crop's offset (size - crop) / 2 is rounded: "ceil" as PySlowFast's `uniform_crop`,
+# "half_even" as torchvision's `CenterCropVideo` (Python's round(), used by Ego4D's feature transform).
+CROP_ROUNDINGS = ("ceil", "half_even")
+
 
 def _name(value: object) -> str:
     """Plain string of a str-Enum member or a string."""
@@ -103,14 +107,22 @@ def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]
     return int(math.floor(width / height * short_side)), short_side
 
 
-def crop_offsets(width: int, height: int, crop: int, num_crops: int) -> list[tuple[int, int]]:
-    """Top-left (x, y) of `num_crops` square crops: 1 = centre; 3 = start, centre, end of the long side."""
+def crop_offsets(
+    width: int, height: int, crop: int, num_crops: int, rounding: str = "ceil"
+) -> list[tuple[int, int]]:
+    """Top-left (x, y) of `num_crops` square crops: 1 = centre; 3 = start, centre, end of the long side.
+
+    The centre offset (size - crop) / 2 is rounded up ("ceil") or half to even ("half_even").
+    """
     if crop > width or crop > height:
         raise ValueError(f"crop {crop} does not fit in a {width} x {height} frame")
     if num_crops not in (1, 3):
         raise ValueError(f"num_crops must be 1 or 3 (got {num_crops})")
-    x_centre = int(math.ceil((width - crop) / 2))
-    y_centre = int(math.ceil((height - crop) / 2))
+    if rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"crop rounding must be one of {CROP_ROUNDINGS} (got {rounding!r})")
+    centre = math.ceil if rounding == "ceil" else round
+    x_centre = int(centre((width - crop) / 2))
+    y_centre = int(centre((height - crop) / 2))
     if num_crops == 1:
         return [(x_centre, y_centre)]
     if height > width:  # portrait: top, centre, bottom
@@ -136,9 +148,15 @@ class FrameTransform:
     channel_order: str = "rgb"
     backend: str = "torch"
     source_size: tuple[int, int] | None = None  # (w, h) of the upright frames, needed by decoder_resize
+    crop_rounding: str = "ceil"  # centre crop offset: "ceil" (PySlowFast) | "half_even" (torchvision)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("mode", MODES), ("channel_order", CHANNEL_ORDERS), ("backend", BACKENDS)):
+        for name, allowed in (
+            ("mode", MODES),
+            ("channel_order", CHANNEL_ORDERS),
+            ("backend", BACKENDS),
+            ("crop_rounding", CROP_ROUNDINGS),
+        ):
             value = _name(getattr(self, name))
             if value not in allowed:
                 raise ValueError(f"FrameTransform.{name} must be one of {allowed} (got {value!r})")
@@ -209,7 +227,7 @@ class FrameTransform:
         if self.mode == "square":
             return np.ascontiguousarray(image[None, :, :, channels])
         c = self.crop
-        offsets = crop_offsets(image.shape[1], image.shape[0], c, self.num_crops)
+        offsets = crop_offsets(image.shape[1], image.shape[0], c, self.num_crops, self.crop_rounding)
         out = np.empty((len(offsets), c, c, 3), dtype=np.uint8)
         for i, (x, y) in enumerate(offsets):
             out[i] = image[y : y + c, x : x + c, channels]

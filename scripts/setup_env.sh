@@ -16,6 +16,8 @@ if [ "${1:-}" = "test" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   # Test-only reference: PyPI slowfast==1.0 declares detectron2 (not installable), so no deps here.
   "$VENV/bin/python" -m pip install -q --no-deps slowfast==1.0 yacs simplejson
+  # Test-only reference: pytorchvideo==0.1.5 (its hub models; torchvision is stubbed in the tests).
+  "$VENV/bin/python" -m pip install -q --no-deps pytorchvideo==0.1.5 iopath
 else
   "$VENV/bin/python" -m pip install -q -e .
 fi

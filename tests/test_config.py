@@ -63,11 +63,12 @@ def test_feature_set_presets(tmp_path, preset, model, grid):
         ("hardware.decode_workers=-1", "hardware.decode_workers"),
         ("hardware.shard_index=3", "hardware.shard_index"),
         ("model.checkpoint=/nonexistent/model.pyth", "model.checkpoint"),
+        ("data.pad=shift data.window=centered", "data.pad"),
     ],
 )
 def test_impossible_values_name_their_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=rf"^{key}:"):
-        validate(_cfg(tmp_path, override))
+        validate(_cfg(tmp_path, *override.split()))
 
 
 def test_missing_root_is_named(tmp_path):

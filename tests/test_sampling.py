@@ -356,3 +356,109 @@ def test_bad_frame_duration_refused():
             ClipStream(WindowSpec(2, 1, 1), bad)
         with pytest.raises(ValueError, match="frame_duration"):
             clip_timestamps(np.zeros((1, 2), np.int64), np.zeros(2), bad, 2)
+
+
+# ---------------------------------------------------------------- pad "shift" (the Ego4D rule)
+
+
+def ego4d_num_rows(n: int, stride: int, window: int) -> int:
+    """Ego4D's own count of feature rows (ego4d/features/extract_features.py `_num_fvs`), written out."""
+    rest = n - window
+    if rest < 0:
+        return 1
+    return rest // stride + 1 + (1 if rest % stride else 0)
+
+
+def shift_reference(n: int, T: int, tau: int, stride: int) -> list[list[int]]:
+    """The rule literally: clips [k*stride, k*stride + span) while inside, then one ending on frame n-1."""
+    span = (T - 1) * tau + 1
+    if n < span:  # pytorchvideo's UniformTemporalSubsample(T) over all n frames
+        return [[int(i) for i in np.linspace(0, n - 1, T).astype(np.float32).astype(np.int64)]]
+    rows = [[k * stride + j * tau for j in range(T)] for k in range((n - span) // stride + 1)]
+    if rows[-1][-1] != n - 1:
+        rows.append([n - span + j * tau for j in range(T)])
+    return rows
+
+
+@pytest.mark.parametrize("n", [32, 48, 96, 160, 33, 40, 100, 161, 175])
+def test_shift_ego4d_boundary_rows(n: int) -> None:
+    """T=32, tau=1, stride 16: clip i covers [i, i+32); the last clip ends on the last frame, no padding."""
+    spec = WindowSpec(32, 1, 16, "sliding", "shift")
+    windows = clip_windows(n, spec)
+    assert len(windows) == ego4d_num_rows(n, 16, 32)
+    assert windows[-1].tolist() == list(range(n - 32, n))  # ends on frame n-1
+    assert all(row.tolist() == list(range(16 * k, 16 * k + 32)) for k, row in enumerate(windows[:-1]))
+    if n % 16 == 0:  # on the stride grid: the last clip is a regular one
+        assert windows[-1][0] == 16 * (len(windows) - 1)
+    else:  # moved back by (n - 32) % 16 frames from the grid
+        assert windows[-1][0] == 16 * (len(windows) - 2) + (n - 32) % 16
+    idx, valid = resolve_padding(windows, n, "shift")
+    assert valid.all() and np.array_equal(idx, windows)
+
+
+def test_shift_matches_the_rule_and_ego4d_counts_exhaustively() -> None:
+    for T, tau, stride in itertools.product((1, 2, 4, 8, 32), (1, 2, 3), (1, 3, 5, 16)):
+        spec = WindowSpec(T, tau, stride, "sliding", "shift")
+        for n in range(1, 90):
+            windows = clip_windows(n, spec)
+            assert windows.tolist() == shift_reference(n, T, tau, stride), (spec, n)
+            assert len(windows) == ego4d_num_rows(n, stride, spec.span), (spec, n)
+            assert windows.min() >= 0 and windows.max() == n - 1
+
+
+def test_shift_short_video_spreads_one_clip_over_all_frames() -> None:
+    spec = WindowSpec(32, 1, 16, "sliding", "shift")
+    windows = clip_windows(20, spec)
+    assert windows.shape == (1, 32)
+    # torch.linspace(0, 19, 32).long(), as UniformTemporalSubsample picks them
+    assert windows[0].tolist() == [int(i) for i in __import__("torch").linspace(0, 19, 32).long()]
+    assert windows[0, 0] == 0 and windows[0, -1] == 19 and len(set(windows[0].tolist())) == 20
+    assert clip_timestamps(windows, np.arange(20) / 30, 1 / 30, 20).tolist() == [[0.0, 20 / 30, 10 / 30]]
+
+
+def test_shift_needs_a_sliding_window() -> None:
+    with pytest.raises(ValueError, match="'shift' needs window 'sliding'"):
+        WindowSpec(32, 1, 16, "centered", "shift")
+
+
+def test_shift_timestamps_say_which_frames_each_row_saw() -> None:
+    n, d = 100, 1 / 30
+    windows = clip_windows(n, WindowSpec(32, 1, 16, "sliding", "shift"))
+    stamps = clip_timestamps(windows, np.arange(n) * d, d, n)
+    assert np.allclose(stamps[:, 0] * 30, [0, 16, 32, 48, 64, 68])
+    assert np.allclose(stamps[:, 1] * 30, [32, 48, 64, 80, 96, 100])
+
+
+def test_shift_stream_equals_batch() -> None:
+    for T, tau, stride in itertools.product((1, 2, 4, 8), (1, 2, 3), (1, 2, 5, 16)):
+        spec = WindowSpec(T, tau, stride, "sliding", "shift")
+        for n in [0, 1, 2, 3, 5, 7, 8, 13, 20, 31, 47]:
+            d = 0.04
+            times = frame_times_for(n, n)
+            windows = clip_windows(n, spec)
+            want_ts = clip_timestamps(windows, times, d, n)
+            got = stream_all(spec, times, d)
+            assert [c.index for c, _ in got] == list(range(len(windows))), (spec, n)
+            for (clip, emitted_at), row in zip(got, windows, strict=True):
+                assert clip.frames == row.tolist(), (spec, n)
+                assert clip.valid.all()
+                assert np.array_equal(clip.timestamps, want_ts[clip.index])
+                on_grid = row[0] == clip.index * stride and row[-1] - row[0] == spec.span - 1
+                # grid clips as soon as their last frame arrives; the shifted one (or a short video's) at the end
+                assert emitted_at == (int(row[-1]) if on_grid else None), (spec, n, clip.index)
+
+
+@pytest.mark.parametrize(
+    "spec", [WindowSpec(32, 1, 16, "sliding", "shift"), WindowSpec(8, 2, 100, "sliding", "shift")]
+)
+def test_shift_stream_memory_is_bounded(spec: WindowSpec) -> None:
+    n = 5_003
+    stream = ClipStream(spec, 1 / 30)
+    peak = rows = 0
+    for j in range(n):
+        rows += len(stream.push(j, j / 30))
+        peak = max(peak, stream.buffered)
+    last = stream.finish()
+    assert last[-1].frames == clip_windows(n, spec)[-1].tolist()
+    assert rows + len(last) == len(clip_windows(n, spec))
+    assert peak <= spec.span

@@ -574,3 +574,26 @@ def _register_mvit() -> None:
 
 
 _register_mvit()
+
+
+# pytorchvideo's model zoo (URLs from pytorchvideo/models/hub/slowfast.py, v0.1.5); its checkpoints use
+# pytorchvideo's parameter names, renamed on loading (pipeline/checkpoint.py).
+_PYTORCHVIDEO_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/"
+
+
+def _register_pytorchvideo() -> None:
+    """Hub models of released feature sets: the SlowFast R101 8x8 of the Ego4D features."""
+    register_model(
+        _slowfast(
+            "slowfast_r101_pytorchvideo",
+            "SLOWFAST_8x8_R101.pyth",
+            alpha=4,
+            fusion_kernel=5,
+            url=_PYTORCHVIDEO_ZOO + "SLOWFAST_8x8_R101.pyth",
+            arch_options={"depth": 101, "num_block_temp_kernel": ((3, 3), (4, 4), (23, 23), (3, 3))},
+            feature_layers=("pool_7x7", "pool"),
+        )
+    )
+
+
+_register_pytorchvideo()

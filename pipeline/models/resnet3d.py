@@ -30,6 +30,18 @@ TEMPORAL_KERNEL_BASIS: dict[str, tuple[tuple[tuple[int, ...], ...], ...]] = {
 # Temporal max-pool stride after res2 (PySlowFast's _POOL1); our "c2d" is their "c2d_nopool".
 DEFAULT_TEMPORAL_POOL = {"slowfast": 1, "slow": 1, "c2d": 1, "i3d": 2}
 
+# pytorchvideo's ResNet / SlowFast heads average res5 with a (T, 7, 7) window at stride 1 (sized for a
+# 224 crop), then average the windows (pytorchvideo/models/slowfast.py `head_pool_kernel_sizes`,
+# resnet.py `head_pool_kernel_size`); Ego4D's features read that mean (ego4d/features/models/slowfast.py
+# `GetFv`). With a 256 crop res5 is 8x8: four overlapping windows, which weight the centre more.
+PYTORCHVIDEO_POOL_SIZE = 7
+
+
+def window_average(x: Tensor, size: int) -> Tensor:
+    """(B, C, T, H, W) -> (B, C): mean of the (T, size, size) stride-1 window averages (size clipped to H, W)."""
+    kernel = (x.shape[2], min(size, x.shape[3]), min(size, x.shape[4]))
+    return F.avg_pool3d(x, kernel, stride=1).flatten(2).mean(dim=2)
+
 
 @dataclass(frozen=True)
 class ResNetConfig:
@@ -360,7 +372,14 @@ class ResNet3D(VideoModel):
         return x
 
     def forward_features(self, inputs: list[Tensor]) -> Tensor:
-        """Global average over (T, H, W) of each pathway's res5 output, slow then fast: (B, feature_dim)."""
+        """Pooled res5 output of each pathway, slow then fast: (B, feature_dim).
+
+        Layer "pool": the global average over (T, H, W). Layer "pool_7x7": pytorchvideo's head pooling.
+        """
+        if self.feature_layer == "pool_7x7":
+            return torch.cat(
+                [window_average(t, PYTORCHVIDEO_POOL_SIZE) for t in self.backbone(inputs)], dim=1
+            )
         return torch.cat([t.mean(dim=(2, 3, 4)) for t in self.backbone(inputs)], dim=1)
 
     def logits(self, features: Tensor) -> Tensor | dict[str, Tensor]:

@@ -1,0 +1,1 @@
+"""Test-only stand-in for torchvision: pytorchvideo's model code imports `torchvision.ops.RoIAlign`."""
