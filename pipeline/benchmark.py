@@ -324,6 +324,12 @@ def measure_e2e_interleaved(
     return summary
 
 
+def flop_input(model: VideoModel, num_frames: int, size: int) -> torch.Tensor:
+    """A blank clip (1, 3, T, size, size) on the device of the model's weights (the FLOP counter's input)."""
+    device = next(model.parameters()).device
+    return torch.zeros(1, 3, num_frames, size, size, device=device)
+
+
 def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:
     """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
     try:
@@ -340,7 +346,7 @@ def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | No
             return self.inner.forward_features(list(pathways))
 
     with torch.inference_mode():
-        pathways = model.pathways(torch.zeros(1, 3, num_frames, size, size))
+        pathways = model.pathways(flop_input(model, num_frames, size))
         analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         logging.getLogger("fvcore").setLevel(logging.ERROR)
