@@ -345,3 +345,19 @@ def test_non_local_block_in_fp32_equals_the_reference(instantiation: str) -> Non
         y = torch.bmm(g, affinity.transpose(1, 2)).view(2, 8, 2, 6, 6)
         want = x + block.bn(block.conv_out(y))
     assert torch.equal(got, want)
+
+
+def test_out_of_memory_stops_a_run_as_one_expected_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pipeline.api import FeatureExtractor
+    from pipeline.extract import EXPECTED_ERRORS
+
+    video = tmp_path / "v.mp4"
+    write_video(video, seconds=1.0, size=(64, 48))
+    fx = FeatureExtractor("slowfast_tiny", checkpoint="random", batch_size=2, num_frames=8)
+    monkeypatch.setattr(fx.engine.model, "_forward_features", _raise_oom)
+    with pytest.raises(BatchMemoryError) as caught:  # not one failed video: every batch would fail alike
+        fx.extract(video)
+    assert isinstance(caught.value, EXPECTED_ERRORS)
+    assert str(caught.value).startswith("hardware.batch_size=2 x 1 crop(s) (data.crops) = ")
