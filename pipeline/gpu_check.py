@@ -229,6 +229,7 @@ def check_cuda_tests(opts: Options, budget: Budget) -> dict[str, Any]:
     if not ids:
         return {**out, "ok": False, "error": f"no CUDA tests found under {opts.tests_dir}"}
     report = opts.workdir / "cuda_tests.xml"
+    report.unlink(missing_ok=True)  # a report from an earlier run must not stand in for this one
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={report}"]
     command += [str(opts.tests_dir / test_id) for test_id in ids]
     timeout = max(10.0, min(120.0, budget.left() / 3))
