@@ -91,11 +91,19 @@ def test_no_budget_left_skips_and_says_so(tmp_path: Path) -> None:
 
 
 def test_models_of_one_network_are_measured_once() -> None:
+    from pipeline.models.registry import get_spec, list_models
+
     measured_as = gpu_check.benchmark_models(Options(quick=False))
-    assert measured_as["slowfast_r50"] == "slowfast_r50"
-    assert measured_as["slowfast_r50_epic"] == "slowfast_r50"  # the EPIC checkpoint: other heads and weights
-    assert measured_as["slowfast_r101_8x8"] == "slowfast_r101_8x8"
-    assert measured_as["i3d_nln_r50"] != measured_as["i3d_r50"]
+    assert set(measured_as) == set(list_models())
+    assert (
+        measured_as["slowfast_r50"] == "slowfast_r50" and measured_as["i3d_nln_r50"] != measured_as["i3d_r50"]
+    )
+    for name, same in measured_as.items():
+        a, b = get_spec(name), get_spec(same)
+        assert (a.arch, a.num_frames, a.crop_size, a.alpha) == (b.arch, b.num_frames, b.crop_size, b.alpha)
+        assert dict(a.builder_kwargs) == dict(b.builder_kwargs)
+        assert measured_as[same] == same  # measured itself
+    assert len(set(measured_as.values())) < len(measured_as)  # e.g. the EPIC checkpoint of SlowFast R50
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
