@@ -23,7 +23,9 @@ from pipeline.config import (
     HardwareConfig,
     ResizeMode,
     Window,
+    decoder_threads,
     default_threads,
+    usable_cpus,
 )
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine
@@ -155,6 +157,8 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
         channels_last=hw.channels_last,
         logits=cfg.output.logits,
         compile=hw.compile,
+        batch_size=hw.batch_size,  # partial batches padded to batch_size x crops rows on GPUs
+        crops=data.crops,
     )
     if device.type == "cpu" and hw.reuse_memory:
         keep_freed_memory()  # once the model is ready: its weights keep their own mappings
@@ -164,6 +168,7 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
         frames_pattern=data.frames.pattern,
         frames_fps=data.frames.fps,
         resize=transform.decoder_resize,
+        threads=decoder_threads(usable_cpus(), hw.decode_workers),  # workers x threads ~ this job's CPUs
     )
     engine = Engine(
         clip_model,

@@ -9,6 +9,9 @@
 Everything runs in one process (the RSS-vs-length mode starts one fresh process per video length) with
 random weights (speed does not depend on their values). Rates are medians of repeated measurements:
 shared machines are noisy. GFLOPs are fvcore's, which counts one multiply-add as one flop (= GMACs).
+On a GPU node decoding decides throughput: `node` in the report gives the decode workers (one CPU each)
+that keep the model busy, from the model's clips/s and one single-threaded worker's decode rate, both
+measured in the same run (`--node-cpus N` plans for a node with N CPUs).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -324,6 +328,12 @@ def measure_e2e_interleaved(
     return summary
 
 
+def flop_input(model: VideoModel, num_frames: int, size: int) -> torch.Tensor:
+    """A blank clip (1, 3, T, size, size) on the device of the model's weights (the FLOP counter's input)."""
+    device = next(model.parameters()).device
+    return torch.zeros(1, 3, num_frames, size, size, device=device)
+
+
 def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:
     """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
     try:
@@ -340,7 +350,7 @@ def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | No
             return self.inner.forward_features(list(pathways))
 
     with torch.inference_mode():
-        pathways = model.pathways(torch.zeros(1, 3, num_frames, size, size))
+        pathways = model.pathways(flop_input(model, num_frames, size))
         analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         logging.getLogger("fvcore").setLevel(logging.ERROR)
@@ -512,6 +522,7 @@ def bench_main(
     e2e_repeats: int = 3,
     plain: bool = True,
     transfer: bool = True,
+    node_cpus: int | None = None,
 ) -> dict[str, Any]:
     """Model-only, decode-only, end-to-end, memory, GFLOPs and transfer for one setting.
 
@@ -554,6 +565,9 @@ def bench_main(
         decode[f"{backend}_resize_frames_per_s"] = measure_decode(
             first, opener, transform, decode_frames, max(2, s.repeats // 2)
         )
+        decode[f"{backend}_resize_one_thread_frames_per_s"] = measure_decode(  # one worker on one CPU
+            first, replace(opener, threads=1), transform, decode_frames, max(2, s.repeats // 2)
+        )
     cli = measure_ffmpeg_cli(first, size, decode_frames, max(2, s.repeats // 2))
     decode["ffmpeg_cli_frames_per_s"] = cli
     if cli:
@@ -564,6 +578,7 @@ def bench_main(
     report["e2e_vs_model"] = report["e2e"]["vs_model"]
     report["peak_rss_mb_process_lifetime"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["bottleneck"] = bottleneck(report, c, first, fx.engine.decode_workers)
+    report["node"] = node_decode_plan(report, c, first, s.device, node_cpus or usable_cpus())
     if transfer:
         report["transfer"] = {b: measure_transfer(s, T, size, b) for b in ("process", "thread")}
     return report
@@ -587,6 +602,51 @@ def bottleneck(report: dict[str, Any], c: Any, video: Path, workers: int) -> dic
         "note": f"{workers} decode worker(s) at {decode_fps:.0f} frames/s feed "
         f"{capacity:.2f} clips/s; the model takes {model:.2f}: the {side} is the bottleneck",
     }
+
+
+def decode_workers_needed(
+    model_clips_per_s: float, worker_frames_per_s: float, frames_per_clip: float, cpus: int
+) -> dict[str, Any]:
+    """Decode workers (one CPU, one FFmpeg thread each) that keep the model busy, and whether the node
+    has them: model clips/s over one worker's clips/s; one CPU stays with the process that feeds the model.
+    """
+    worker_clips_per_s = worker_frames_per_s / frames_per_clip
+    needed = max(1, math.ceil(model_clips_per_s / worker_clips_per_s)) if worker_clips_per_s > 0 else None
+    spare = max(1, cpus - 1)
+    enough = needed is not None and needed <= spare
+    reachable = min(model_clips_per_s, spare * worker_clips_per_s)
+    return {
+        "model_clips_per_s": model_clips_per_s,
+        "decode_clips_per_s_per_worker": worker_clips_per_s,
+        "decode_workers_needed": needed,
+        "cpus": cpus,
+        "decode_workers_available": spare,
+        "enough_cpus": enough,
+        "expected_clips_per_s": reachable,
+        "model_busy_share": reachable / model_clips_per_s if model_clips_per_s > 0 else None,
+    }
+
+
+def node_decode_plan(report: dict[str, Any], c: Any, video: Path, device: str, cpus: int) -> dict[str, Any]:
+    """For this node (its usable CPUs, its GPU): the decode workers that keep the model busy, from the
+    model's clips/s and one single-threaded worker's decode rate, both measured in this run."""
+    from pipeline.io import probe
+
+    native = probe(video).native_fps or 30.0
+    frames_per_clip = c.data.stride * native / (c.data.fps or native)  # source frames decoded per new clip
+    backend = c.data.resize.backend.value
+    worker_fps = report["decode"][f"{backend}_resize_one_thread_frames_per_s"]
+    plan = decode_workers_needed(report["model_clips_per_s"], worker_fps, frames_per_clip, cpus)
+    gpu = torch.cuda.get_device_name(torch.cuda.current_device()) if device == "cuda" else None
+    plan.update(device=device, gpu=gpu, decode_frames_per_s_per_worker=worker_fps)
+    needed = plan["decode_workers_needed"]
+    plan["note"] = (
+        f"the model takes {plan['model_clips_per_s']:.1f} clips/s; one decode worker (1 CPU) feeds "
+        f"{plan['decode_clips_per_s_per_worker']:.2f}: {needed} worker(s) keep it busy, this node has "
+        f"{plan['decode_workers_available']} to spare ({plan['cpus']} CPUs) -> about "
+        f"{plan['expected_clips_per_s']:.1f} clips/s"
+    )
+    return plan
 
 
 def bench_all_models(s: Settings) -> list[dict[str, Any]]:
@@ -752,6 +812,7 @@ def print_report(report: dict[str, Any]) -> None:
         "MB PSS"
     )
     print(f"  bottleneck:  {report['bottleneck']['note']}")
+    print(f"  this node:   {report['node']['note']}")
     for backend, t in (report.get("transfer") or {}).items():
         print(
             f"  transfer ({backend} workers, no decode, no model): {t['clips_per_s']:.0f} clips/s = "
@@ -792,6 +853,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resize-backend", default="torch", choices=["torch", "ffmpeg"])
     p.add_argument(
         "--reuse-memory", default="on", choices=["on", "off"], help="hardware.reuse_memory (pipeline.memory)"
+    )
+    p.add_argument(
+        "--node-cpus",
+        type=int,
+        default=0,
+        help="CPUs of the node to plan decode workers for (0: usable here)",
     )
     p.add_argument("--repeats", type=int, default=5, help="repeated measurements (medians are reported)")
     p.add_argument("--decode-frames", type=int, default=300, help="frames per decode-only measurement")
@@ -879,7 +946,13 @@ def main(argv: list[str] | None = None) -> int:
             videos = [
                 args.video or generated_video(args.workdir, args.resolution, args.video_fps, args.seconds)
             ]
-        report = bench_main(s, videos, decode_frames=args.decode_frames, e2e_repeats=args.e2e_repeats)
+        report = bench_main(
+            s,
+            videos,
+            decode_frames=args.decode_frames,
+            e2e_repeats=args.e2e_repeats,
+            node_cpus=args.node_cpus or None,
+        )
         if not args.json:
             print_report(report)
     if args.json:

@@ -324,11 +324,16 @@ def video_list_path(data: DataConfig) -> Path:
     )
 
 
+CPU_SHARE_ENV = "PIPELINE_CPUS"  # set by the local launcher in each of its jobs: that job's share of CPUs
+
+
 def usable_cpus() -> int:
-    """CPUs this process may run on: Slurm's cpus_per_task when set, else the affinity mask."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
+    """CPUs this process may run on: its launcher's share (PIPELINE_CPUS, one local job of several),
+    Slurm's cpus_per_task when set, else the affinity mask."""
+    for name in (CPU_SHARE_ENV, "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -339,3 +344,25 @@ def default_threads() -> int:
     """The model's thread count: an explicit OMP_NUM_THREADS, else `usable_cpus()`."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else usable_cpus()
+
+
+def split_cpus(cpu_ids: list[int], jobs: int) -> list[list[int]]:
+    """`cpu_ids` cut into `jobs` disjoint contiguous blocks of equal size (the remainder left unused);
+    with more jobs than CPUs, each job gets one CPU, shared round-robin."""
+    ids = sorted(cpu_ids)
+    if jobs < 1 or not ids:
+        raise ValueError(f"split_cpus: need >= 1 job and >= 1 CPU (got {jobs} jobs, {len(ids)} CPUs)")
+    share = len(ids) // jobs
+    if share == 0:
+        return [[ids[job % len(ids)]] for job in range(jobs)]
+    return [ids[job * share : (job + 1) * share] for job in range(jobs)]
+
+
+def decoder_threads(cpus: int, decode_workers: int) -> int:
+    """FFmpeg threads per decode worker so that all workers together use about `cpus` CPUs.
+
+    `decode_workers` 0 means one worker per CPU (as the engine reads it); FFmpeg's own default (0) would
+    give every worker threads for every CPU of the node.
+    """
+    workers = cpus if decode_workers <= 0 else min(decode_workers, cpus)
+    return max(1, cpus // max(1, workers))

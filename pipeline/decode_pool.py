@@ -80,6 +80,7 @@ class SourceOpener:
     frames_pattern: str = DEFAULT_FRAMES_PATTERN
     frames_fps: float = DEFAULT_FRAMES_FPS
     resize: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None
+    threads: int = 0  # FFmpeg decoder threads per video (0: FFmpeg's choice, one per CPU of the node)
 
     def __call__(self, job: VideoJob) -> FrameSource:
         return open_source(
@@ -88,6 +89,7 @@ class SourceOpener:
             frames_pattern=self.frames_pattern,
             frames_fps=self.frames_fps,
             resize=self.resize,
+            threads=self.threads,
         )
 
 

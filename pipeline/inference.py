@@ -30,6 +30,10 @@ class DeviceError(ConfigError, RuntimeError):
     """`hardware.device` or `hardware.precision` that this machine cannot run; the message names the key."""
 
 
+class BatchMemoryError(DeviceError):
+    """A model call ran out of device memory; the message names hardware.batch_size and a smaller value."""
+
+
 @dataclass(frozen=True)
 class WeightsInfo:
     """Where the weights came from; recorded in every output."""
@@ -168,6 +172,108 @@ def fold_batch_norms(model: VideoModel) -> tuple[VideoModel, int]:
     return folded, len(pairs)
 
 
+def check_cuda_precision(precision: str) -> None:
+    """DeviceError unless this GPU runs `precision` natively (bf16 emulated in fp32 is refused)."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise DeviceError(
+            "hardware.precision=bf16: this GPU has no native bf16 (it would be emulated, slower than fp32); "
+            "use fp16 or fp32"
+        )
+
+
+def padded_rows(
+    device: torch.device, batch_size: int | None, crops: int, pad_batches: bool | None
+) -> int | None:
+    """Rows every model call is padded to (batch_size x crops), or None for no padding.
+
+    On GPUs (`pad_batches` None: padding on CUDA only) every new input shape re-runs cuDNN's autotuning
+    and, compiled, a recompilation; a partial batch (the engine's linger) is rare when the GPU is busy and
+    costs idle GPU time otherwise, so one fixed shape is the cheapest. CPU runs keep their own sizes.
+    """
+    pad = device.type == "cuda" if pad_batches is None else pad_batches
+    return batch_size * crops if pad and batch_size else None
+
+
+def compile_error_types() -> tuple[type[BaseException], ...]:
+    """Exception classes that mean torch.compile itself failed (dynamo tracing, a backend, inductor)."""
+    types: list[type[BaseException]] = []
+    try:
+        from torch._dynamo import exc as dynamo_exc
+
+        types.append(dynamo_exc.TorchDynamoException)  # Unsupported, BackendCompilerFailed, ...
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        pass
+    try:
+        from torch._inductor import exc as inductor_exc
+
+        types += [
+            getattr(inductor_exc, name)
+            for name in (
+                "InductorError",
+                "CppCompileError",
+                "InvalidCxxCompiler",
+                "CUDACompileError",
+                "TritonMissing",
+                "GPUTooOldForTriton",
+                "LoweringException",
+            )
+            if isinstance(getattr(inductor_exc, name, None), type)
+        ]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _chain(error: BaseException, *, contexts: bool = True) -> list[BaseException]:
+    """An exception and what it wraps (inner exception, cause, optionally context), outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        inner = getattr(current, "inner_exception", None)
+        if isinstance(inner, BaseException):
+            current = inner
+        else:
+            current = current.__cause__ or (current.__context__ if contexts else None)
+    return seen
+
+
+def is_compile_error(error: BaseException) -> bool:
+    """True for a torch.compile failure, false when out of memory or a device error is behind it."""
+    chain = _chain(error)
+    if any(isinstance(e, torch.OutOfMemoryError) for e in chain):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and any(isinstance(e, accelerator_error) for e in chain):
+        return False
+    return isinstance(error, compile_error_types())
+
+
+def compile_error_cause(error: BaseException) -> BaseException:
+    """The exception a compile failure wraps (what went wrong), or the error itself."""
+    return _chain(error, contexts=False)[-1]
+
+
+def out_of_memory_message(
+    device: torch.device, rows: int, batch_size: int | None, crops: int, pad_to: int | None, detail: str
+) -> str:
+    """One line for an out-of-memory model call: the effective batch and a smaller hardware.batch_size."""
+    first = detail.strip().splitlines()[0] if detail.strip() else "out of memory"
+    if batch_size is None:
+        return f"hardware.batch_size: a batch of {rows} clip rows ran out of {device.type} memory ({first})"
+    effective = max(rows, pad_to or 0)
+    smaller = max(1, batch_size // 2)
+    hint = (
+        f"try hardware.batch_size={smaller}"
+        if batch_size > 1
+        else "use a smaller model input, data.crops=1 or hardware.precision=bf16/fp16"
+    )
+    return (
+        f"hardware.batch_size={batch_size} x {crops} crop(s) (data.crops) = {effective} clips per model "
+        f"call ran out of {device.type} memory; {hint} ({first})"
+    )
+
+
 def default_channels_last(device: torch.device) -> bool:
     """channels_last_3d unless told otherwise: measured faster on CPU (SlowFast R50 ~1.45x, Slow R50 ~1.5x,
     X3D ~1.6-2.3x, same features within 3e-7); on GPUs it is the layout cuDNN prefers for bf16/fp16."""
@@ -195,14 +301,19 @@ class TorchClipModel:
         logits: bool = False,
         compile: bool = False,
         fold_bn: bool = True,
+        batch_size: int | None = None,
+        crops: int = 1,
+        pad_batches: bool | None = None,
     ) -> None:
         self.device = device
+        self.batch_size, self.crops = batch_size, crops  # clips per engine batch, rows per clip
+        self.pad_to = padded_rows(device, batch_size, crops, pad_batches)
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         if self.dtype is torch.float16 and device.type != "cuda":
             raise DeviceError("hardware.precision=fp16 needs a CUDA device")
-        if self.dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DeviceError("hardware.precision=bf16 is not supported by this GPU")
+        if device.type == "cuda":
+            check_cuda_precision(precision)
         self.folded_norms = 0
         if fold_bn:
             model, self.folded_norms = fold_batch_norms(model.eval())
@@ -258,20 +369,51 @@ class TorchClipModel:
         if self.compiled:
             try:
                 return self._forward_features(pathways)
-            except Exception as error:  # noqa: BLE001 - compilation happens (and fails) at the first call
+            except Exception as error:  # compilation happens (and may fail) at the first call
+                if not is_compile_error(error):
+                    raise  # out of memory, device asserts, bugs: not a reason to run eagerly
                 log.warning(
                     "hardware.compile: torch.compile failed (%s); running eagerly",
-                    describe_error(error, with_class=False),
+                    describe_error(compile_error_cause(error), with_class=False),
                 )
                 self._forward_features, self.compiled = self.model.forward_features, False
         return self._forward_features(pathways)
 
-    @torch.inference_mode()
+    def _pad(self, pixels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A partial batch padded with blank rows up to `pad_to` rows (one input shape on the GPU)."""
+        rows = pixels.shape[0]
+        if self.pad_to is None or rows >= self.pad_to:
+            return pixels, mask
+        padded = pixels.new_zeros((self.pad_to, *pixels.shape[1:]))
+        padded[:rows] = pixels
+        padded_mask = mask.new_zeros((self.pad_to, *mask.shape[1:]))
+        padded_mask[:rows] = mask
+        return padded, padded_mask
+
+    def _out_of_memory(self, error: torch.OutOfMemoryError, rows: int) -> BatchMemoryError:
+        """The one-line error for a model call that ran out of device memory."""
+        return BatchMemoryError(
+            out_of_memory_message(self.device, rows, self.batch_size, self.crops, self.pad_to, str(error))
+        )
+
     def __call__(
         self, clips: np.ndarray, valid: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """Features (rows, dim) and logits per head (or None) of uint8 clips (rows, T, H, W, 3)."""
+        try:
+            return self._run(clips, valid)
+        except Exception as error:
+            oom = next((e for e in _chain(error) if isinstance(e, torch.OutOfMemoryError)), None)
+            if oom is None:
+                raise
+            raise self._out_of_memory(oom, len(clips)) from error
+
+    @torch.inference_mode()
+    def _run(self, clips: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        rows = len(clips)
         pixels = self._to_device(clips)
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=True)
+        pixels, mask = self._pad(pixels, mask)
         inputs = normalize_clips(pixels, mask, self.mean, self.std)
         pathways = self.model.pathways(inputs)
         del pixels, inputs  # the NCDHW input goes as soon as its channels-last copy exists (peak memory)
@@ -282,5 +424,5 @@ class TorchClipModel:
             heads = self.model.logits(features) if self.logits else None
         if heads is not None and not isinstance(heads, dict):
             heads = {"logits": heads}
-        out_logits = {k: v.float().cpu().numpy() for k, v in heads.items()} if heads else None
-        return features.float().cpu().numpy(), out_logits
+        out_logits = {k: v[:rows].float().cpu().numpy() for k, v in heads.items()} if heads else None
+        return features[:rows].float().cpu().numpy(), out_logits

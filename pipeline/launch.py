@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
-from pipeline.config import ExtractConfig, HardwareConfig, usable_cpus
+from pipeline.config import CPU_SHARE_ENV, ExtractConfig, HardwareConfig, split_cpus, usable_cpus
 
 if TYPE_CHECKING:
     from pipeline.run import ShardSummary
@@ -82,11 +82,27 @@ def _default_run_fn(cfg: ExtractConfig, shard_index: int, num_shards: int) -> Sh
 class ShardTask(submitit.helpers.Checkpointable):
     """One shard as a submitit job; on preemption or timeout it requeues itself and resumes from its manifest."""
 
-    def __init__(self, run_fn: RunFn | None = None) -> None:
+    def __init__(self, run_fn: RunFn | None = None, cpus: Sequence[int] | None = None) -> None:
         self.run_fn = run_fn
+        self.cpus = list(cpus) if cpus is not None else None  # this job's share of the node's CPUs
+
+    def with_cpus(self, cpus: Sequence[int]) -> ShardTask:
+        """The same task, confined to `cpus` (one local job of several on a node)."""
+        return ShardTask(self.run_fn, cpus)
+
+    def _take_cpu_share(self) -> None:
+        """Size everything from this job's CPUs: usable_cpus() reads PIPELINE_CPUS, threads follow."""
+        if not self.cpus:
+            return
+        os.environ[CPU_SHARE_ENV] = str(len(self.cpus))
+        try:
+            os.sched_setaffinity(0, self.cpus)  # decode workers and FFmpeg threads inherit it
+        except (AttributeError, OSError) as error:  # not Linux, or CPUs gone: the count still holds
+            log.debug("could not pin this job to CPUs %s: %s", self.cpus, error)
 
     def __call__(self, cfg: ExtractConfig, shard_index: int, num_shards: int) -> Any:
         _setup_job_logging()
+        self._take_cpu_share()
         log.info(
             "shard %d/%d starting on %s (CUDA_VISIBLE_DEVICES=%s)",
             shard_index,
@@ -310,6 +326,15 @@ def local_gpus(hw: HardwareConfig) -> list[int]:
     if not gpus:
         raise LaunchError("hardware.device=cuda with the local launcher, but no GPU is visible")
     return gpus
+
+
+def slot_cpus(slots: int) -> list[list[int]]:
+    """Each concurrent local job's share of this process's CPUs (disjoint blocks of usable_cpus())."""
+    try:
+        ids = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        ids = list(range(os.cpu_count() or 1))
+    return split_cpus(ids[: usable_cpus()], slots)
 
 
 def local_slots(hw: HardwareConfig) -> list[int | None]:
@@ -631,6 +656,7 @@ def _run_local(
     """Run the shards as local submitit jobs, at most one per GPU (or CPU slot) at a time, and wait."""
     hw = cfg.hardware
     slots = local_slots(hw)
+    shares = slot_cpus(len(slots))
     executor = make_executor(hw, folder)
     poll_s = options.poll_s if options.poll_s is not None else 1.0
     result = LaunchResult("local", folder)
@@ -639,10 +665,11 @@ def _run_local(
     outcomes: dict[int, ShardOutcome] = {}
     progress = ShardProgress(len(shards), options.log_every_s)
     log.info(
-        "running %d shard(s) of %d locally on %s; logs in %s",
+        "running %d shard(s) of %d locally on %s, %d CPU(s) each; logs in %s",
         len(shards),
         num_shards,
         f"GPUs {slots}" if slots[0] is not None else f"{len(slots)} CPU worker(s)",
+        len(shares[0]),
         folder,
     )
     try:
@@ -655,7 +682,7 @@ def _run_local(
                     executor.update_parameters(gpus_per_node=0, visible_gpus=())
                 else:
                     executor.update_parameters(gpus_per_node=1, visible_gpus=[gpu])
-                job = executor.submit(task, cfg, shard, num_shards)
+                job = executor.submit(task.with_cpus(shares[slot]), cfg, shard, num_shards)
                 result.job_ids[shard] = job.job_id
                 running[slot] = (shard, job)
                 log.info(

@@ -30,7 +30,7 @@ from pipeline.assemble import (
     resolved_config,
     setup_torch,
 )
-from pipeline.config import DataConfig, ExtractConfig, ModelConfig, video_list_path
+from pipeline.config import DataConfig, Device, ExtractConfig, ModelConfig, video_list_path
 from pipeline.engine import VideoJob, VideoResult
 from pipeline.inference import WeightsInfo
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
@@ -472,8 +472,9 @@ def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
         raise stopping(error) from error
 
 
-def environment_record() -> dict[str, Any]:
-    """Versions and host facts recorded for every run."""
+def environment_record(device: str = "cpu") -> dict[str, Any]:
+    """Versions and host facts recorded for every run; the GPU's name only for `device` cuda (a CPU run
+    makes no CUDA call: that would create a CUDA context nobody asked for)."""
     import platform
     import socket
     import subprocess
@@ -500,9 +501,16 @@ def environment_record() -> dict[str, Any]:
         "ffmpeg": getattr(av, "ffmpeg_version_info", None),
         "package_version": pipeline.__version__,
         "git_revision": revision,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": cuda_device_name() if device == "cuda" else None,
         "pid": os.getpid(),
     }
+
+
+def cuda_device_name() -> str | None:
+    """The name of the current CUDA device (None when none is visible)."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
 def finish_run(
@@ -523,7 +531,7 @@ def finish_run(
         "hdf5": str(h5) if h5 else None,
         "shards": [s.as_dict() for s in summaries],
         "totals": totals,
-        "environment": environment_record(),
+        "environment": environment_record(Device(cfg.hardware.device).value),
         "finished": outputs.now_iso(),
     }
     try:

@@ -184,7 +184,10 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog):
 
     def broken_compile(function, **kwargs):
         def compiled(*args, **kw):
-            raise RuntimeError("inductor: no working C++ compiler\nsecond line")
+            from torch._dynamo.exc import BackendCompilerFailed  # how a compiler failure arrives
+
+            inner = RuntimeError("inductor: no working C++ compiler\nsecond line")
+            raise BackendCompilerFailed(lambda *a: None, inner, None)
 
         return compiled
 

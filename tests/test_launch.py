@@ -425,3 +425,16 @@ def test_extract_cli_with_local_workers_then_rerun_skips_complete_shards(tmp_pat
     assert again.returncode == 0, log[-3000:]
     assert "2 shard(s) have nothing left to do: [0, 1]" in log and "locally" not in log
     assert "summary: 0 ok, 0 failed, 4 skipped" in again.stdout
+
+
+def report_cpus(cfg: object, shard: int, num_shards: int) -> dict:
+    return {"cpus": usable_cpus(), "affinity": sorted(os.sched_getaffinity(0))}
+
+
+def test_local_gpu_jobs_each_get_their_share_of_the_cpus(tmp_path: Path) -> None:
+    cfg = _cfg(launcher="local", device="cuda", gpus=[3, 5], timeout_min=5)
+    result = launch_shards(cfg, [0, 1], 2, run_fn=report_cpus, folder=tmp_path, wait_options=FAST)
+    assert not result.failed
+    share = max(1, usable_cpus() // 2)
+    assert [result.results[s]["cpus"] for s in (0, 1)] == [share, share]
+    assert all(len(result.results[s]["affinity"]) == share for s in (0, 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -385,6 +386,26 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     )
     assert report["transfer"]["process"]["mb_per_s"] > 0
     assert report["bottleneck"]["limit"] in ("decode", "model")
+    node = report["node"]
+    assert report["decode"]["torch_resize_one_thread_frames_per_s"] > 0
+    assert node["decode_workers_needed"] >= 1 and node["device"] == "cpu" and node["gpu"] is None
+    assert node["decode_workers_needed"] == math.ceil(
+        node["model_clips_per_s"] / node["decode_clips_per_s_per_worker"]
+    )
+
+
+def test_decode_workers_needed_arithmetic():
+    from pipeline.benchmark import decode_workers_needed
+
+    # a GPU at 120 clips/s, one core decoding 400 frames/s, a new clip every 16 frames: 25 clips/s a worker
+    plan = decode_workers_needed(120.0, 400.0, 16.0, 16)
+    assert plan["decode_clips_per_s_per_worker"] == 25.0
+    assert plan["decode_workers_needed"] == 5 and plan["enough_cpus"]
+    assert plan["expected_clips_per_s"] == 120.0 and plan["model_busy_share"] == 1.0
+    starved = decode_workers_needed(1000.0, 400.0, 16.0, 16)  # 40 workers needed, 15 to spare
+    assert starved["decode_workers_needed"] == 40 and not starved["enough_cpus"]
+    assert starved["decode_workers_available"] == 15
+    assert starved["expected_clips_per_s"] == 15 * 25.0 and starved["model_busy_share"] == 0.375
 
 
 def test_benchmark_rss_refuses_a_short_video_without_full_batches(tmp_path):

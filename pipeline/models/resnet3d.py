@@ -155,18 +155,27 @@ class NonLocal(nn.Module):
         self.conv_out = nn.Conv3d(dim_inner, dim, 1)
         self.bn = batch_norm(dim)
 
+    def attend(self, theta: Tensor, phi: Tensor, g: Tensor) -> Tensor:
+        """g (N, Ci, P) weighted by the affinities of theta (N, Ci, THW) and phi (N, Ci, P): (N, Ci, THW).
+
+        Always float32: under fp16 autocast the raw product theta^T phi (a sum over Ci channels) overflows
+        fp16's 65504 for large activations before it is scaled. fp32 runs compute exactly what they did.
+        """
+        with torch.autocast(theta.device.type, enabled=False):
+            affinity = torch.bmm(theta.float().transpose(1, 2), phi.float())  # (N, THW, P)
+            if self.instantiation == "softmax":
+                affinity = torch.softmax(affinity * self.dim_inner**-0.5, dim=2)
+            else:
+                affinity = affinity / affinity.shape[2]
+            return torch.bmm(g.float(), affinity.transpose(1, 2))
+
     def forward(self, x: Tensor) -> Tensor:
         n, _, t, h, w = x.shape
         theta = self.conv_theta(x).flatten(2)  # (N, Ci, THW)
         pooled = F.max_pool3d(x, self.pool_size, self.pool_size) if max(self.pool_size) > 1 else x
         phi = self.conv_phi(pooled).flatten(2)  # (N, Ci, P)
         g = self.conv_g(pooled).flatten(2)  # (N, Ci, P)
-        affinity = torch.bmm(theta.transpose(1, 2), phi)  # (N, THW, P)
-        if self.instantiation == "softmax":
-            affinity = torch.softmax(affinity * self.dim_inner**-0.5, dim=2)
-        else:
-            affinity = affinity / affinity.shape[2]
-        y = torch.bmm(g, affinity.transpose(1, 2)).view(n, self.dim_inner, t, h, w)
+        y = self.attend(theta, phi, g).view(n, self.dim_inner, t, h, w)
         return x + self.bn(self.conv_out(y))
 
 
