@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline import outputs
+from pipeline import naming, outputs
 from pipeline.consolidate import ConsolidateError, open_dataset, read_failed, scan, video_keys
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def _npy_video(
     keys: Sequence[str] | None,
     report: Report | None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
-    sidecar = path.with_suffix(".json")
+    sidecar = Path(naming.sidecar_of_feature(str(path)))
     data = outputs.read_sidecar(sidecar) if sidecar.is_file() else {}
     key = str(data.get("key", path.stem))
     if keys is not None and list(keys) != [key]:

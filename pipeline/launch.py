@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
+from pipeline import naming
 from pipeline.config import CPU_SHARE_ENV, ExtractConfig, HardwareConfig, split_cpus, usable_cpus
 
 if TYPE_CHECKING:
@@ -496,7 +497,9 @@ def launch_shards(
     """
     hw = cfg.hardware
     launcher = _name(hw.launcher)
-    folder = Path(folder if folder is not None else (hw.log_dir or "slurm_logs")).expanduser().resolve()
+    folder = (
+        Path(folder if folder is not None else (hw.log_dir or naming.JOB_LOGS_DIR)).expanduser().resolve()
+    )
     options = wait_options or WaitOptions()
     shards = list(shards)
     if launcher not in ("local", "slurm"):
@@ -776,7 +779,7 @@ def launch_run(cfg: ExtractConfig, output_dir: Path) -> list[ShardSummary] | Non
     todo, complete = shards_to_run(cfg, num_shards)
     if complete:
         log.info("%d shard(s) have nothing left to do: %s", len(complete), [s.shard for s in complete])
-    folder = Path(hw.log_dir).expanduser() if hw.log_dir else Path(output_dir) / "slurm_logs"
+    folder = Path(hw.log_dir).expanduser() if hw.log_dir else Path(output_dir) / naming.JOB_LOGS_DIR
     finish = functools.partial(finish_detached, output_dir=str(output_dir), complete=complete)
     result = launch_shards(cfg, todo, num_shards, consolidate_fn=finish, folder=folder)
     if not result.waited:

@@ -35,6 +35,7 @@ MANIFESTS_DIR = "manifests"
 LOCKS_DIR = "locks"
 RUNS_DIR = "runs"
 SHARD_PLAN = "shards.json"
+JOB_LOGS_DIR = "slurm_logs"  # submitit job logs (local and Slurm launchers), unless hardware.log_dir
 HDF5_NAME = "features.h5"
 MANIFEST_GLOB = f"{MANIFESTS_DIR}/shard-*-of-*.jsonl"
 
@@ -89,12 +90,19 @@ def feature_relpath(key: str, num_frames: int) -> str:
 
 def sidecar_relpath(key: str, num_frames: int) -> str:
     """Metadata sidecar of a video's feature file: same stem, ".json"."""
-    return feature_relpath(key, num_frames)[: -len(".npy")] + ".json"
+    return sidecar_of_feature(feature_relpath(key, num_frames))
 
 
 def logits_relpath(key: str, num_frames: int, head: str) -> str:
     """Logits of one classifier head: the feature file's stem + ".<head>.npy"."""
     return feature_relpath(key, num_frames)[: -len(".npy")] + f".{head}.npy"
+
+
+def sidecar_of_feature(feature: str) -> str:
+    """The sidecar of a feature file (the same stem, ".json"); works on paths too."""
+    if not feature.endswith(".npy"):
+        raise ValueError(f"not a feature file name: {feature!r}")
+    return feature[: -len(".npy")] + ".json"
 
 
 def feature_of_sidecar(sidecar: str) -> str:

@@ -138,6 +138,9 @@ def test_logits_sidecar_and_feature_names_share_one_stem():
     assert naming.feature_of_sidecar("/abs/out/features/x_8.json") == "/abs/out/features/x_8.npy"
     with pytest.raises(ValueError, match="not a sidecar"):
         naming.feature_of_sidecar("features/x_8.npy")
+    assert naming.sidecar_of_feature("/abs/out/features/x_8.npy") == "/abs/out/features/x_8.json"
+    with pytest.raises(ValueError, match="not a feature file"):
+        naming.sidecar_of_feature("features/x_8.json")
 
 
 def test_run_record_and_hdf5_names():
