@@ -416,7 +416,7 @@ def stage_profile(clip_model: Any, batch: int, num_frames: int, size: int, repea
         if not spent[name]:
             continue  # not called by forward_features (e.g. the classifier)
         seconds = statistics.median(spent[name]) * len(spent[name]) / repeats  # per batch
-        gmacs = macs.get(name, 0) / 1e9 * batch
+        gmacs = macs.get(f"inner.{name}", 0) / 1e9 * batch  # flop_analysis wraps the model as `inner`
         rows.append(
             {
                 "stage": name,
