@@ -750,6 +750,13 @@ def efficiency(
         out["efficiency_vs_peak"] = out["achieved_gflop_s"] / out["peak_gflop_s"]
     if not getattr(clip_model, "compiled", False):  # a compiled graph runs no module hooks
         out["stages"] = stage_profile(clip_model, batch, num_frames, size)
+    again = measure_matmul_peak(dtype=clip_model.dtype or torch.float32, device=device)
+    if again > out["peak_gflop_s"]:  # measured before and after the profile: the better is the peak
+        for key in [k for k in out if k.endswith("matmul_peak_gflop_s")][-1:]:
+            out[key] = again
+        out["peak_gflop_s"] = again
+        if "achieved_gflop_s" in out:
+            out["efficiency_vs_peak"] = out["achieved_gflop_s"] / again
     return out
 
 
