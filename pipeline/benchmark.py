@@ -691,6 +691,7 @@ def bench_main(
         "fast_paths": fx.engine.model.describe(),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "cpus": usable_cpus(),
         "videos": [str(v) for v in videos],
     }
@@ -929,7 +930,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"model {s['model']}: T={report['num_frames']} tau={s['sampling_rate']} stride={s['stride']} "
         f"fps={s['fps']} input {report['input_size']}x{report['input_size']}, batch {s['batch_size']}, "
         f"{fp['device']} {fp['precision']} channels_last={fp['channels_last']} compiled={fp['compiled']}, "
-        f"{report['torch_threads']} torch threads (OMP_WAIT_POLICY={report['omp_wait_policy']}) on "
+        f"{report['torch_threads']} torch threads (OMP_WAIT_POLICY={report['omp_wait_policy']}, "
+        f"GOMP_SPINCOUNT={report['gomp_spincount']}) on "
         f"{report['cpus']} CPUs"
     )
     if report.get("gflops_per_clip"):
