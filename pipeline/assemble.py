@@ -32,6 +32,7 @@ from pipeline.engine import Engine
 from pipeline.errors import describe_error
 from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
 from pipeline.memory import keep_freed_memory
+from pipeline.numerics import check_precision
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 
@@ -77,7 +78,11 @@ def frame_transform(cfg: ExtractConfig) -> FrameTransform:
 
 
 def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, Any]:
-    """Every setting that changes the numbers in a feature file; resume compares these."""
+    """Every setting that changes the numbers in a feature file; resume compares these.
+
+    `precision` is one (bf16/fp16 autocast moves features by ~1e-3); `channels_last`, `compile`,
+    `batch_size` and `threads` are not: they only reorder fp32 sums (measured within 3e-7 of each other).
+    """
     d, m = cfg.data, cfg.model
     resize: dict[str, Any] = {"mode": d.resize.mode.value, "backend": d.resize.backend.value}
     resize["interpolation"] = frame_transform(cfg).interpolation  # cv2 vs float bilinear: different numbers
@@ -107,6 +112,7 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
         "mean": list(m.mean),
         "std": list(m.std),
         "frames_fps": d.frames.fps,
+        "precision": cfg.hardware.precision.value,
     }
 
 
@@ -124,9 +130,16 @@ def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
         "crops": d.crops if d.crops != 1 else None,
         "layer": m.feature_layer,
         "fp16": cfg.output.dtype.value == "float16",
+        **precision_name_extra(cfg.hardware.precision.value),
     }
     name = naming.run_dir_name(d.name, m.name, d.num_frames, d.sampling_rate, d.stride, extra)
     return ((base or Path.cwd()) / naming.OUTPUTS_ROOT / name).resolve()
+
+
+def precision_name_extra(precision: str) -> dict[str, bool]:
+    """The output dir name's token for a non-default precision: `_bf16`, or `_fp16amp` for fp16 autocast
+    (`_fp16` already means output.dtype=float16); nothing for fp32."""
+    return {{"bf16": "bf16", "fp16": "fp16amp"}[precision]: True} if precision != "fp32" else {}
 
 
 def resolved_config(cfg: DictConfig | ExtractConfig) -> dict[str, Any]:
@@ -146,6 +159,7 @@ def setup_torch(hw: HardwareConfig) -> None:
 def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
     """Load the model and wire decoder, transform, windows and batching together."""
     device = device_or_fail(cfg.hardware.device.value)
+    check_precision(device, cfg.hardware.precision.value)  # before the model: bf16 on CPU needs native bf16
     model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
     hw, data = cfg.hardware, cfg.data
     clip_model = TorchClipModel(

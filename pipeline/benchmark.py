@@ -122,25 +122,38 @@ def measure_model(
 
 
 def measure_decode(
-    video: Path, opener: SourceOpener, transform: FrameTransform, max_frames: int, repeats: int
+    video: Path,
+    opener: SourceOpener,
+    transform: FrameTransform,
+    max_frames: int,
+    repeats: int,
+    cpu: dict[str, float] | None = None,
 ) -> float:
-    """Decoded source frames/s (decode, resampling and the transform to model input) like one worker."""
+    """Decoded source frames/s (decode, resampling and the transform to model input) like one worker.
+
+    `cpu`, when given, receives "cpu_s_per_frame": the median CPU seconds (all decoder threads) per
+    source frame.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a decode worker
     job = VideoJob("bench", video, video.name)
-    times, frames = [], 0
+    times, cpu_times, frames = [], [], 0
     try:
         for _ in range(repeats):
-            started = time.perf_counter()
-            with opener(job) as source:
-                for frame in source:
-                    transform(frame.image)
-                    if source.frames_decoded >= max_frames:
-                        break
-                frames = source.frames_decoded
-            times.append(time.perf_counter() - started)
+            with CpuMeter() as meter:
+                started = time.perf_counter()
+                with opener(job) as source:
+                    for frame in source:
+                        transform(frame.image)
+                        if source.frames_decoded >= max_frames:
+                            break
+                    frames = source.frames_decoded
+                times.append(time.perf_counter() - started)
+            cpu_times.append(meter.ours / max(frames, 1))
     finally:
         torch.set_num_threads(threads)
+    if cpu is not None:
+        cpu["cpu_s_per_frame"] = statistics.median(cpu_times)
     return median_rate(frames, times)
 
 
@@ -336,6 +349,12 @@ def flop_input(model: VideoModel, num_frames: int, size: int) -> torch.Tensor:
 
 def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:
     """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
+    analysis = flop_analysis(model, num_frames, size)
+    return analysis.total() / 1e9 if analysis is not None else None
+
+
+def flop_analysis(model: VideoModel, num_frames: int, size: int) -> Any:
+    """fvcore's FlopCountAnalysis of one clip through forward_features (None without fvcore)."""
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError:
@@ -354,7 +373,141 @@ def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | No
         analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         logging.getLogger("fvcore").setLevel(logging.ERROR)
-        return analysis.total() / 1e9
+        analysis.total()  # counts now, under inference mode
+        return analysis
+
+
+# --- the machine's own yardstick: fp32 matmul peak, per-stage efficiency, bf16 against fp32 ----------
+
+
+def measure_matmul_peak(
+    size: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
+    """GFLOP/s (2 flops per multiply-add) of a size x size matmul in `dtype` on the current torch threads
+    (or the GPU): the best of `repeats`, the machine's peak least disturbed by other load."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def multiply() -> None:
+        torch.mm(a, b, out=out)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+
+    multiply()  # warm-up
+    best = min(time_call(multiply) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def stage_profile(clip_model: Any, batch: int, num_frames: int, size: int, repeats: int = 2) -> list[dict]:
+    """Time and GFLOP/s (2 flops per multiply-add) of each top-level module of the model on one batch,
+    as the configured fast paths run it (hooks around each stage; median of `repeats` batches)."""
+    model = clip_model.model
+    analysis = flop_analysis(model, num_frames, size)
+    macs = analysis.by_module() if analysis is not None else {}
+    stages = list(model.named_children())
+    spent: dict[str, list[float]] = {name: [] for name, _ in stages}
+    started: dict[str, float] = {}
+    handles = []
+    for name, module in stages:
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda m, a, name=name: started.__setitem__(name, time.perf_counter())
+            )
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, name=name: spent[name].append(time.perf_counter() - started[name])
+            )
+        )
+    clips, valid = random_clips(batch, num_frames, size)
+    try:
+        clip_model(clips, valid)  # warm-up
+        for times in spent.values():
+            times.clear()
+        total = statistics.median(time_call(clip_model, clips, valid) for _ in range(repeats))
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for name, _ in stages:
+        if not spent[name]:
+            continue  # not called by forward_features (e.g. the classifier)
+        seconds = statistics.median(spent[name]) * len(spent[name]) / repeats  # per batch
+        gmacs = macs.get(f"inner.{name}", 0) / 1e9 * batch  # flop_analysis wraps the model as `inner`
+        rows.append(
+            {
+                "stage": name,
+                "ms": 1000 * seconds,
+                "share": seconds / total,
+                "gflop": 2 * gmacs,
+                "gflop_per_s": 2 * gmacs / seconds if seconds > 0 else 0.0,
+            }
+        )
+    rest = total - sum(r["ms"] for r in rows) / 1000
+    rows.append(
+        {
+            "stage": "(outside stages)",
+            "ms": 1000 * rest,
+            "share": rest / total,
+            "gflop": 0.0,
+            "gflop_per_s": 0.0,
+        }
+    )
+    return rows
+
+
+def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    """Per row of features: the smallest cosine similarity and the largest relative L2 error of got vs want."""
+    a = got.reshape(len(got), -1).astype(np.float64)
+    b = want.reshape(len(want), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
+    relative = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30)
+    return {"rows": len(a), "min_cosine": float(cosine.min()), "max_relative_l2": float(relative.max())}
+
+
+def fp32_twin(clip_model: Any) -> Any:
+    """The same prepared model (folded norms, memory layout, weights shared) without autocast."""
+    from pipeline.inference import TorchClipModel
+
+    return TorchClipModel(
+        clip_model.model,
+        device=clip_model.device,
+        mean=clip_model.mean,
+        std=clip_model.std,
+        precision="fp32",
+        channels_last=clip_model.channels_last,
+        logits=clip_model.logits,
+        fold_bn=False,  # already folded
+    )
+
+
+def compare_with_fp32(
+    extractor: Any, video: Path, batch: int, num_frames: int, size: int, repeats: int
+) -> dict[str, Any]:
+    """Speed and fidelity of the configured precision against fp32 in the same process: model-only
+    clips/s of both (taking turns), and per-row fidelity of the features of the same video's clips."""
+    reduced = extractor.engine.model
+    fp32 = fp32_twin(reduced)
+    cpu: dict[str, float] = {}
+    rates = measure_model({"reduced": reduced, "fp32": fp32}, batch, num_frames, size, repeats, cpu)
+    extractor.engine.model = fp32
+    try:
+        want, _ = extractor.extract(video)
+    finally:
+        extractor.engine.model = reduced
+    got, _ = extractor.extract(video)
+    return {
+        "precision": reduced.precision,
+        "clips_per_s": rates["reduced"],
+        "fp32_clips_per_s": rates["fp32"],
+        "speedup": rates["reduced"] / rates["fp32"],
+        "cpu_s_per_clip": cpu["reduced"],
+        "fp32_cpu_s_per_clip": cpu["fp32"],
+        "fidelity_video": str(video),
+        **fidelity(got, want),
+    }
 
 
 # --- the transfer between decode workers and the model ----------------------------------------------
@@ -523,6 +676,7 @@ def bench_main(
     plain: bool = True,
     transfer: bool = True,
     node_cpus: int | None = None,
+    fidelity_video: Path | None = None,
 ) -> dict[str, Any]:
     """Model-only, decode-only, end-to-end, memory, GFLOPs and transfer for one setting.
 
@@ -547,6 +701,8 @@ def bench_main(
         "input_size": size,
         "fast_paths": fx.engine.model.describe(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "cpus": usable_cpus(),
         "videos": [str(v) for v in videos],
     }
@@ -555,6 +711,11 @@ def bench_main(
     if plain_rate is not None:
         report["plain_fp32_ncdhw_clips_per_s"] = plain_rate
         report["fast_path_speedup"] = report["model_clips_per_s"] / plain_rate
+    report.update(efficiency(fx.engine.model, report, s.batch_size, T, size))
+    if s.precision != "fp32":
+        report["vs_fp32"] = compare_with_fp32(
+            fx, fidelity_video or videos[0], s.batch_size, T, size, max(2, s.repeats // 2)
+        )
     decode: dict[str, Any] = {}
     first = videos[0]
     for backend in ("torch", "ffmpeg"):
@@ -562,12 +723,14 @@ def bench_main(
         resize = transform.decoder_resize
         assert not callable(resize), "square mode: the decoder gets a fixed (w, h)"
         opener = SourceOpener(fps=c.data.fps, resize=resize)
+        cpu: dict[str, float] = {}
         decode[f"{backend}_resize_frames_per_s"] = measure_decode(
-            first, opener, transform, decode_frames, max(2, s.repeats // 2)
+            first, opener, transform, decode_frames, max(2, s.repeats // 2), cpu
         )
         decode[f"{backend}_resize_one_thread_frames_per_s"] = measure_decode(  # one worker on one CPU
             first, replace(opener, threads=1), transform, decode_frames, max(2, s.repeats // 2)
         )
+        decode[f"{backend}_resize_cpu_s_per_frame"] = cpu["cpu_s_per_frame"]
     cli = measure_ffmpeg_cli(first, size, decode_frames, max(2, s.repeats // 2))
     decode["ffmpeg_cli_frames_per_s"] = cli
     if cli:
@@ -579,17 +742,68 @@ def bench_main(
     report["peak_rss_mb_process_lifetime"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["bottleneck"] = bottleneck(report, c, first, fx.engine.decode_workers)
     report["node"] = node_decode_plan(report, c, first, s.device, node_cpus or usable_cpus())
+    report["cpu_budget"] = cpu_budget(report, c)
     if transfer:
         report["transfer"] = {b: measure_transfer(s, T, size, b) for b in ("process", "thread")}
     return report
 
 
-def bottleneck(report: dict[str, Any], c: Any, video: Path, workers: int) -> dict[str, Any]:
-    """Which side limits the run: decode capacity in clips/s vs the model's clips/s (measured rates)."""
+def efficiency(
+    clip_model: Any, report: dict[str, Any], batch: int, num_frames: int, size: int
+) -> dict[str, Any]:
+    """Achieved GFLOP/s of the model beside this machine's fp32 matmul peak (and the bf16/fp16 one for a
+    reduced precision: efficiency is against the run's own precision), and the per-stage profile."""
+    device = clip_model.device.type
+    out: dict[str, Any] = {"matmul_peak_gflop_s": measure_matmul_peak(device=device)}
+    out["peak_gflop_s"] = out["matmul_peak_gflop_s"]
+    if clip_model.dtype is not None:  # the precision's own peak: bf16 on AMX is several times fp32's
+        out["peak_gflop_s"] = out[f"{clip_model.precision}_matmul_peak_gflop_s"] = measure_matmul_peak(
+            dtype=clip_model.dtype, device=device
+        )
+    gmacs = report.get("gflops_per_clip")
+    if gmacs:
+        out["achieved_gflop_s"] = 2 * gmacs * report["model_clips_per_s"]
+        out["efficiency_vs_peak"] = out["achieved_gflop_s"] / out["peak_gflop_s"]
+    if not getattr(clip_model, "compiled", False):  # a compiled graph runs no module hooks
+        out["stages"] = stage_profile(clip_model, batch, num_frames, size)
+    again = measure_matmul_peak(dtype=clip_model.dtype or torch.float32, device=device)
+    if again > out["peak_gflop_s"]:  # measured before and after the profile: the better is the peak
+        for key in [k for k in out if k.endswith("matmul_peak_gflop_s")][-1:]:
+            out[key] = again
+        out["peak_gflop_s"] = again
+        if "achieved_gflop_s" in out:
+            out["efficiency_vs_peak"] = out["achieved_gflop_s"] / again
+    return out
+
+
+def frames_per_clip(c: Any, video: Path) -> float:
+    """Source frames decoded per new clip: the stride, in source frames (fps resampling included)."""
     from pipeline.io import probe
 
     native = probe(video).native_fps or 30.0
-    per_clip = c.data.stride * native / (c.data.fps or native)  # source frames decoded per new clip
+    return c.data.stride * native / (c.data.fps or native)
+
+
+def cpu_budget(report: dict[str, Any], c: Any) -> dict[str, Any]:
+    """End-to-end CPU seconds per clip against the sum of its parts measured alone (model-only +
+    decode-only): what the hand-over, the batching and threads competing for the cores cost on top."""
+    backend = c.data.resize.backend.value
+    decode = report["decode"][f"{backend}_resize_cpu_s_per_frame"] * frames_per_clip(
+        c, Path(report["videos"][0])
+    )
+    model = report["e2e"]["model_cpu_s_per_clip"]
+    e2e = report["e2e"]["cpu_s_per_clip"]
+    return {
+        "model_cpu_s_per_clip": model,
+        "decode_cpu_s_per_clip": decode,
+        "e2e_cpu_s_per_clip": e2e,
+        "e2e_vs_parts": e2e / (model + decode),
+    }
+
+
+def bottleneck(report: dict[str, Any], c: Any, video: Path, workers: int) -> dict[str, Any]:
+    """Which side limits the run: decode capacity in clips/s vs the model's clips/s (measured rates)."""
+    per_clip = frames_per_clip(c, video)
     backend = c.data.resize.backend.value
     decode_fps = report["decode"][f"{backend}_resize_frames_per_s"]
     capacity = decode_fps * workers / per_clip
@@ -649,12 +863,15 @@ def node_decode_plan(report: dict[str, Any], c: Any, video: Path, device: str, c
     return plan
 
 
-def bench_all_models(s: Settings) -> list[dict[str, Any]]:
-    """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting."""
+def bench_all_models(
+    s: Settings, fidelity_video: Path | None = None, names: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting;
+    with a reduced precision also its speed-up and fidelity against fp32 (`compare_with_fp32`)."""
     from pipeline.models.registry import get_spec, list_models
 
     rows = []
-    for name in list_models():
+    for name in names or list_models():
         spec = get_spec(name)
         one = Settings(
             **{
@@ -683,6 +900,8 @@ def bench_all_models(s: Settings) -> list[dict[str, Any]]:
                 "device": s.device,
             }
         )
+        if fidelity_video is not None:
+            rows[-1]["vs_fp32"] = compare_with_fp32(fx, fidelity_video, s.batch_size, T, size, s.repeats)
         log.info("%s: %.3f clips/s", name, rate)
         del fx
     return rows
@@ -771,7 +990,9 @@ def print_report(report: dict[str, Any]) -> None:
         f"model {s['model']}: T={report['num_frames']} tau={s['sampling_rate']} stride={s['stride']} "
         f"fps={s['fps']} input {report['input_size']}x{report['input_size']}, batch {s['batch_size']}, "
         f"{fp['device']} {fp['precision']} channels_last={fp['channels_last']} compiled={fp['compiled']}, "
-        f"{report['torch_threads']} torch threads on {report['cpus']} CPUs"
+        f"{report['torch_threads']} torch threads (OMP_WAIT_POLICY={report['omp_wait_policy']}, "
+        f"GOMP_SPINCOUNT={report['gomp_spincount']}) on "
+        f"{report['cpus']} CPUs"
     )
     if report.get("gflops_per_clip"):
         print(f"  GFLOPs/clip (fvcore, multiply-add = 1): {report['gflops_per_clip']:.3g}")
@@ -782,6 +1003,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"-> fast paths x{report['fast_path_speedup']:.2f}"
         )
     print(line)
+    print_efficiency(report)
     d = report["decode"]
     line = (
         f"  decode-only: {d['torch_resize_frames_per_s']:.0f} frames/s (torch resize), "
@@ -811,12 +1033,42 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['peak_rss_mb_process_lifetime']:.0f} MB); with decode workers {e['peak_pss_with_workers_mb']:.0f} "
         "MB PSS"
     )
+    b = report["cpu_budget"]
+    print(
+        f"               CPU s/clip e2e {b['e2e_cpu_s_per_clip']:.3f} vs model-only {b['model_cpu_s_per_clip']:.3f} "
+        f"+ decode-only {b['decode_cpu_s_per_clip']:.3f} -> e2e/parts {b['e2e_vs_parts']:.2f}"
+    )
     print(f"  bottleneck:  {report['bottleneck']['note']}")
     print(f"  this node:   {report['node']['note']}")
     for backend, t in (report.get("transfer") or {}).items():
         print(
             f"  transfer ({backend} workers, no decode, no model): {t['clips_per_s']:.0f} clips/s = "
             f"{t['mb_per_s']:.0f} MB/s"
+        )
+
+
+def print_efficiency(report: dict[str, Any]) -> None:
+    """The efficiency lines: GFLOP/s vs the matmul peak, per stage, and the reduced precision vs fp32."""
+    peak = report["peak_gflop_s"]
+    own = [f"{k.split('_')[0]} {v:.0f}" for k, v in report.items() if k.endswith("_matmul_peak_gflop_s")]
+    if "achieved_gflop_s" in report:
+        print(
+            f"  efficiency:  {report['achieved_gflop_s']:.0f} GFLOP/s achieved (2 flops per multiply-add) vs "
+            f"matmul peak measured now (fp32 {report['matmul_peak_gflop_s']:.0f}"
+            + "".join(f", {text}" for text in own)
+            + f" GFLOP/s) = {100 * report['efficiency_vs_peak']:.0f}% of the run's own precision"
+        )
+    for row in report.get("stages") or []:
+        print(
+            f"    {row['stage']:18s} {row['ms']:8.1f} ms/batch {100 * row['share']:5.1f}%  "
+            f"{row['gflop']:7.1f} GFLOP  {row['gflop_per_s']:6.0f} GFLOP/s ({100 * row['gflop_per_s'] / peak:3.0f}% of peak)"
+        )
+    v = report.get("vs_fp32")
+    if v:
+        print(
+            f"  vs fp32:     {v['precision']} {v['clips_per_s']:.3f} vs fp32 {v['fp32_clips_per_s']:.3f} clips/s "
+            f"model-only -> x{v['speedup']:.2f}; fidelity over {v['rows']} rows of the same clips: "
+            f"min cosine {v['min_cosine']:.6f}, max relative L2 {v['max_relative_l2']:.2e}"
         )
 
 
@@ -828,6 +1080,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="slowfast_r50", help="registered model name")
     p.add_argument("--all-models", action="store_true", help="model-only clips/s and GFLOPs of every model")
+    p.add_argument("--models", nargs="+", help="with --all-models: only these models")
     p.add_argument("--video", type=Path, help="a video file (default: a generated one)")
     p.add_argument("--resolution", default="1920x1080", help="generated video WxH")
     p.add_argument("--video-fps", type=float, default=30.0, help="generated video frame rate")
@@ -915,13 +1168,19 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mb_process_lifetime": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     elif args.all_models:
-        report = {"models": bench_all_models(s)}
+        report = {"models": bench_all_models(s, fidelity_video_of(s, args), args.models)}
         if not args.json:
             for row in report["models"]:
-                print(
+                line = (
                     f"{row['model']:22s} {row['num_frames']:3d}x{row['sampling_rate']:<2d} {row['input_size']:4d}px  "
                     f"{row['gflops_per_clip'] or 0:7.1f} GFLOPs  {row['clips_per_s']:7.3f} clips/s"
                 )
+                if v := row.get("vs_fp32"):
+                    line += (
+                        f"  fp32 {v['fp32_clips_per_s']:.3f} -> x{v['speedup']:.2f}  min cosine "
+                        f"{v['min_cosine']:.6f}  max rel L2 {v['max_relative_l2']:.1e} ({v['rows']} rows)"
+                    )
+                print(line)
     elif args.minutes:
         report = bench_rss(s, args)
         if not args.json:
@@ -952,12 +1211,20 @@ def main(argv: list[str] | None = None) -> int:
             decode_frames=args.decode_frames,
             e2e_repeats=args.e2e_repeats,
             node_cpus=args.node_cpus or None,
+            fidelity_video=fidelity_video_of(s, args),
         )
         if not args.json:
             print_report(report)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def fidelity_video_of(s: Settings, args: argparse.Namespace) -> Path | None:
+    """The video whose clips compare a reduced precision with fp32: 10 s of 640x360 (None for fp32)."""
+    if s.precision == "fp32":
+        return None
+    return generated_video(args.workdir, (640, 360), args.video_fps, 10.0)
 
 
 def link_copy(source: Path, target: Path) -> Path:

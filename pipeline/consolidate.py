@@ -213,8 +213,9 @@ def _check_key(key: str, seen: dict[str, Path], sidecar: Path) -> None:
 
 
 def _note_shared(result: Scan, sidecar_path: Path, sidecar: Mapping[str, Any], strict: bool) -> None:
-    """Record run-wide metadata and refuse settings that differ from the first video's."""
-    settings = sidecar["settings"]
+    """Record run-wide metadata and refuse settings that differ from the first video's (precision too:
+    fp32 and bf16 features never share a file)."""
+    settings = outputs.settings_of_sidecar(dict(sidecar))
     if result.settings is None:
         result.settings, result.reference = settings, sidecar_path
         checkpoint = sidecar.get("checkpoint") or {}

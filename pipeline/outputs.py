@@ -304,13 +304,11 @@ def decide_resume(
         return ResumeDecision(False, "failed before; output.retry_failed=false", record)
     if outcome != "ok":
         return ResumeDecision(True, f"unknown outcome {outcome!r} in manifest")
-    if record.get("settings") != settings:
-        changed = sorted(
-            k
-            for k in set(settings) | set(record.get("settings") or {})
-            if (record.get("settings") or {}).get(k) != settings.get(k)
-        )
-        return ResumeDecision(True, f"settings changed: {', '.join(changed)}")
+    recorded = record.get("settings") or {}
+    if "precision" in settings and "precision" not in recorded:
+        recorded = legacy_settings(recorded, output_dir, record)
+    if recorded != settings:
+        return ResumeDecision(True, f"settings changed: {changed_settings(recorded, settings)}")
     output = output_dir / str(record.get("output"))
     if not output.is_file():
         return ResumeDecision(True, f"output missing: {record.get('output')}")
@@ -319,6 +317,38 @@ def decide_resume(
     if verify_hash and file_sha256(output) != record.get("sha256"):
         return ResumeDecision(True, "output sha256 differs from the manifest")
     return ResumeDecision(False, "done", record)
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings that differ, each with its old and new value: "precision ('fp32' -> 'bf16')"."""
+    absent = "absent"
+    return ", ".join(
+        f"{k} ({before.get(k, absent)!r} -> {now.get(k, absent)!r})"
+        for k in sorted(set(before) | set(now))
+        if before.get(k, absent) != now.get(k, absent)
+    )
+
+
+def settings_of_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """A sidecar's extraction settings; one written before `precision` was a setting takes it from its
+    resolved config (`hardware.precision`), so older fp32 work is neither lost nor mixed with bf16."""
+    settings = dict(sidecar.get("settings") or {})
+    config = sidecar.get("config")
+    hardware = config.get("hardware") if isinstance(config, dict) else None
+    if "precision" not in settings and isinstance(hardware, dict) and "precision" in hardware:
+        settings["precision"] = hardware["precision"]
+    return settings
+
+
+def legacy_settings(recorded: dict[str, Any], output_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A manifest record's settings from before `precision` was one, completed from its video's sidecar
+    (unchanged, so compared as different, when the sidecar is unreadable)."""
+    sidecar = output_dir / str(record.get("output", ""))
+    try:
+        data = read_sidecar(sidecar.with_suffix(".json"))
+    except (OSError, ValueError):
+        return recorded
+    return settings_of_sidecar({**data, "settings": recorded})
 
 
 # --- locks --------------------------------------------------------------------------------------

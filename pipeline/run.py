@@ -214,6 +214,7 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
         config_data = resolved_config(c)
         by_key = {e.key: e for e in entries}
         todo: list[VideoEntry] = []
+        recomputed: dict[str, list[str]] = {}  # reason -> videos, logged once per reason
         for entry in entries:
             decision = decisions[entry.key]
             if entry.error:
@@ -224,7 +225,7 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
                 )
             elif decision.run:
                 if decision.reason != "new":
-                    log.info("recomputing %s: %s", entry.rel, decision.reason)
+                    recomputed.setdefault(decision.reason, []).append(entry.rel)
                 todo.append(entry)
             else:
                 summary.skipped += 1
@@ -242,6 +243,7 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
                         reason=decision.reason,
                     ),
                 )
+        log_recomputed(recomputed)
         log.info(
             "%s: %d videos in shard %d/%d, %d to extract, %d skipped",
             output_dir,
@@ -325,6 +327,14 @@ def recipe_fps_note(data: DataConfig, native_fps: float | None, rel: str) -> str
         f"{data.fps:g} fps (frame k = the last decoded frame at or before k/{data.fps:g} s); videos at other "
         "rates are resampled the same way, logged once per shard"
     )
+
+
+def log_recomputed(recomputed: dict[str, list[str]]) -> None:
+    """One line per reason for recomputing kept work (e.g. "settings changed: precision ('fp32' ->
+    'bf16')"), naming the video when it is the only one."""
+    for reason, videos in recomputed.items():
+        which = videos[0] if len(videos) == 1 else f"{len(videos)} videos (first {videos[0]})"
+        log.info("recomputing %s: %s", which, reason)
 
 
 # --- write one result: feature file, logits, sidecar; its manifest record -----------------------

@@ -39,6 +39,7 @@ def default_settings(**overrides: Any) -> dict[str, Any]:
         "channel_order": "rgb",
         "mean": [0.45, 0.45, 0.45],
         "std": [0.225, 0.225, 0.225],
+        "precision": "fp32",
     }
     for name, value in overrides.items():
         settings[name] = value

@@ -1,0 +1,54 @@
+"""The benchmark's own yardsticks: per-row fidelity, the matmul peak, the per-stage profile, bf16 vs fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import benchmark, numerics
+from pipeline.synth import write_video
+
+
+def test_fidelity_is_per_row_and_exact_for_equal_rows():
+    want = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], np.float32)
+    assert benchmark.fidelity(want, want) == {"rows": 3, "min_cosine": 1.0, "max_relative_l2": 0.0}
+    got = want.copy()
+    got[1] = [0.0, 2.2]  # same direction, 10% longer: cosine 1, relative L2 0.1
+    got[2] = [4.0, 3.0]  # same length, turned: cosine 24/25, relative L2 sqrt(2)/5
+    result = benchmark.fidelity(got, want)
+    assert result["min_cosine"] == pytest.approx(24 / 25)
+    assert result["max_relative_l2"] == pytest.approx(np.sqrt(2) / 5)
+
+
+def test_the_matmul_peak_is_a_positive_rate():
+    assert benchmark.measure_matmul_peak(size=128, repeats=2) > 0
+
+
+def test_stage_profile_covers_every_stage_with_its_flops():
+    fx = benchmark.make_extractor(
+        benchmark.Settings(model="slowfast_tiny", num_frames=None, sampling_rate=None)
+    )
+    model = fx.engine.model
+    T, size = fx.config.data.num_frames, fx.config.data.resize.size[0]
+    rows = benchmark.stage_profile(model, 1, T, size, repeats=1)
+    names = [r["stage"] for r in rows]
+    assert names[-1] == "(outside stages)" and "s1" in names and "s5" in names
+    total = benchmark.gflops_per_clip(model.model, T, size)
+    assert total and sum(r["gflop"] for r in rows) == pytest.approx(2 * total, rel=0.02)
+    assert all(r["ms"] > 0 for r in rows[:-1])
+
+
+def test_bf16_is_compared_with_fp32_on_the_same_clips(tmp_path, monkeypatch):
+    monkeypatch.setattr(numerics, "cpu_native_bf16", lambda: "AMX-BF16")
+    video = tmp_path / "v.mp4"
+    write_video(video, seconds=1.0, size=(64, 48))
+    settings = benchmark.Settings(
+        model="slowfast_tiny", num_frames=None, sampling_rate=None, precision="bf16"
+    )
+    fx = benchmark.make_extractor(settings, stride=4)
+    T, size = fx.config.data.num_frames, fx.config.data.resize.size[0]
+    result = benchmark.compare_with_fp32(fx, video, 2, T, size, repeats=1)
+    assert result["precision"] == "bf16" and result["rows"] == 8  # 30 frames, stride 4, zero padding
+    assert 0.99 < result["min_cosine"] < 1.0 and 0 < result["max_relative_l2"] < 0.1  # bf16 really ran
+    assert fx.engine.model.precision == "bf16" and torch.get_num_threads() >= 1  # the bf16 model is back
