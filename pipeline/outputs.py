@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ from pipeline import naming
 log = logging.getLogger(__name__)
 
 TEMP_MARK = ".tmp-"
+# A temp file of another host (a Slurm node) is left alone until it is this old: its writer may be alive.
+FOREIGN_TEMP_MAX_AGE_S = 3600.0
 
 
 class OutputError(OSError):
@@ -122,7 +126,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     temp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{temp_owner()}", dir=path.parent)
         os.close(fd)
         temp = Path(temp_name)
         yield temp
@@ -157,18 +161,49 @@ def save_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def temp_owner() -> str:
+    """The part of a temp file's name after the target's name: TEMP_MARK, this host and pid."""
+    return f"{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temp(temp: Path, host: str, now: float) -> bool:
+    """Whether a temp file's writer is gone: a dead pid on this host, an hour old from another host, or
+    a name without an owner (left by an older version)."""
+    owner = temp.name.rsplit(TEMP_MARK, 1)[-1].rsplit("-", 2)
+    if len(owner) != 3 or not owner[1].isdigit():
+        return True
+    if owner[0] == host:
+        return not _pid_alive(int(owner[1]))
+    return now - temp.stat().st_mtime > FOREIGN_TEMP_MAX_AGE_S
+
+
 def clean_stale_temps(output_dir: Path) -> int:
-    """Remove temp files left by a killed process; returns how many."""
+    """Remove temp files left by killed processes; returns how many. Shards running beside this one
+    (other processes, other nodes) keep their temp files."""
     removed = 0
+    host, now = socket.gethostname(), time.time()
     for sub in (naming.FEATURES_DIR, naming.MANIFESTS_DIR, naming.RUNS_DIR, ""):
         base = output_dir / sub
         if not base.is_dir():
             continue
         pattern = "**/.*" if sub else ".*"
         for temp in base.glob(pattern):
-            if TEMP_MARK in temp.name and temp.is_file():
-                temp.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if TEMP_MARK in temp.name and temp.is_file() and is_stale_temp(temp, host, now):
+                    temp.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
     if removed:
         log.info("removed %d stale temp file(s) under %s", removed, output_dir)
     return removed

@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -60,6 +62,31 @@ def test_clean_stale_temps_removes_only_temps(tmp_path):
     (tmp_path / "manifests" / ".shard-0-of-1.jsonl.tmp-x").write_text("")
     assert outputs.clean_stale_temps(tmp_path) == 2
     assert sorted(p.name for p in features.iterdir()) == ["a_32.npy"]
+
+
+def test_clean_stale_temps_keeps_the_temps_of_live_writers(tmp_path):
+    """A shard starting beside a running one must not delete the other's file in the middle of a write."""
+    features = tmp_path / "features"
+    features.mkdir()
+    host = socket.gethostname()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    live_here = features / f".a_8.npy{outputs.temp_owner()}x1y2"  # this process: alive
+    dead_here = features / f".b_8.npy{outputs.TEMP_MARK}{host}-{int(dead.stdout)}-abc"
+    other_fresh = features / f".c_8.npy{outputs.TEMP_MARK}other-node-7-abc"
+    other_old = features / f".d_8.npy{outputs.TEMP_MARK}other-node-8-abc"
+    for temp in (live_here, dead_here, other_fresh, other_old):
+        temp.write_bytes(b"half")
+    old = time.time() - outputs.FOREIGN_TEMP_MAX_AGE_S - 60
+    os.utime(other_old, (old, old))
+    assert outputs.clean_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in features.iterdir()) == sorted([live_here.name, other_fresh.name])
+    with outputs.atomic_file(features / "e_8.npy") as temp:  # what atomic writes name their temps
+        assert temp.name.startswith(f".e_8.npy{outputs.temp_owner()}")
+        assert outputs.clean_stale_temps(tmp_path) == 0 and temp.exists()
+        temp.write_bytes(b"whole")
+    assert (features / "e_8.npy").read_bytes() == b"whole"
 
 
 def test_manifest_append_and_read_reports_bad_lines(tmp_path):
