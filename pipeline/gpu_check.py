@@ -426,13 +426,17 @@ class CompileChild:
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
-    def start(self, seconds: float) -> None:
-        """Start the child, allowed `seconds` for its whole section."""
+    def command(self, seconds: float) -> list[str]:
+        """The child's command line: this module's compile section alone, within `seconds`."""
         opts = self.opts
-        self.out.unlink(missing_ok=True)
         command = [sys.executable, "-m", "pipeline.gpu_check", "--only", "compile", "--device", opts.device]
         command += ["--out", str(self.out), "--workdir", str(opts.workdir), "--budget-s", f"{seconds:.0f}"]
-        command += ["--quick"] if opts.quick else []
+        return command + (["--quick"] if opts.quick else [])
+
+    def start(self, seconds: float) -> None:
+        """Start the child, allowed `seconds` for its whole section."""
+        self.out.unlink(missing_ok=True)
+        command = self.command(seconds)
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         with self.log.open("wb") as log_file:
             self.process = subprocess.Popen(

