@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 
 
 def randomize_transformer_(model: nn.Module, seed: int) -> None:
@@ -116,12 +115,9 @@ def run_case(source: Path, case: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def main(source: str, cases_json: str) -> None:
     sys.path.insert(0, str(HERE))
-    from pyslowfast_x3d_check import _StubFinder  # the same stand-ins as the X3D comparison
+    from pyslowfast_x3d_check import enter_reference  # the same stand-ins as the X3D comparison
 
-    sys.meta_path.insert(0, _StubFinder())
-    sys.path.insert(0, source)
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "tests"))
+    enter_reference(source)
     results = {}
     for i, case in enumerate(json.loads(cases_json)):
         key = case.get("key") or f"{case['name']}@{case['num_frames']}x{case['crop']}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyslowfast_x3d_check import _StubFinder, relative_error  # type: ignore[import-not-found]
+from pyslowfast_x3d_check import enter_reference, relative_error  # type: ignore[import-not-found]
 
 ENTRIES = {
     "slowfast_r50_16x8_ssv2": "SSv2/SLOWFAST_16x8_R50.yaml",
@@ -80,11 +80,7 @@ def compare(source: Path, name: str) -> dict[str, Any]:
 
 
 def main(source: str, names: list[str]) -> None:
-    sys.meta_path.insert(0, _StubFinder())
-    sys.path.insert(0, source)
-    repo = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(repo))
-    sys.path.insert(0, str(repo / "tests"))
+    enter_reference(source)
     torch.manual_seed(0)
     for name in names or ENTRIES:
         print(json.dumps({"name": name, **compare(Path(source), name)}), flush=True)

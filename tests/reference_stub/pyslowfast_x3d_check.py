@@ -127,12 +127,17 @@ def compare(source: Path, run: str) -> dict[str, Any]:
     }
 
 
-def main(source: str, runs: list[str]) -> None:
+def enter_reference(source: str) -> None:
+    """Make PySlowFast master at `source` importable (with the stand-ins), and our repo and its tests."""
     sys.meta_path.insert(0, _StubFinder())
     sys.path.insert(0, source)
     repo = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(repo))
     sys.path.insert(0, str(repo / "tests"))
+
+
+def main(source: str, runs: list[str]) -> None:
+    enter_reference(source)
     torch.manual_seed(0)
     for run in runs or DEFAULT_RUNS:
         print(json.dumps({"run": run, **compare(Path(source), run)}), flush=True)
