@@ -16,6 +16,7 @@ from torch import nn
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.errors import describe_error
+from pipeline.models import fused
 from pipeline.models.registry import VideoModel, build_model, get_spec
 from pipeline.transforms import normalize_clips
 
@@ -139,12 +140,9 @@ def fold_batch_norms(model: VideoModel) -> tuple[VideoModel, int]:
     if not any(isinstance(m, nn.BatchNorm3d) for m in model.modules()):  # e.g. transformers
         return model, 0
     spec = model.spec
-    generator = torch.Generator().manual_seed(0)
-    clip = torch.randn(1, 3, spec.num_frames, PROBE_SIZE, PROBE_SIZE, generator=generator)
-    clip = clip.to(next(model.parameters()).device)
     folded = copy.deepcopy(model)
     with torch.no_grad():
-        probe = folded.pathways(clip)
+        probe = probe_clip(folded)
         pairs = conv_bn_pairs(folded, probe)
         parents = {
             id(child): (parent, name)
@@ -170,6 +168,41 @@ def fold_batch_norms(model: VideoModel) -> tuple[VideoModel, int]:
         )
         return model, 0
     return folded, len(pairs)
+
+
+def probe_clip(model: VideoModel) -> list[torch.Tensor]:
+    """A seeded random (1, 3, T, PROBE_SIZE, PROBE_SIZE) clip as the model's pathways, on its device."""
+    generator = torch.Generator().manual_seed(0)
+    clip = torch.randn(1, 3, model.spec.num_frames, PROBE_SIZE, PROBE_SIZE, generator=generator)
+    return model.pathways(clip.to(next(model.parameters()).device))
+
+
+def fuse_conv_activations(model: VideoModel) -> int:
+    """Switch a folded CPU model's conv -> ReLU (and conv -> residual add -> ReLU) steps to single oneDNN
+    calls (`pipeline.models.fused`), in place; kept only if a probe clip's features stay within
+    FOLD_TOLERANCE of the unfused ones (else, or without the op, nothing changes). Returns the blocks fused.
+    """
+    if not fused.available() or not fused.set_fused(model, True):
+        return 0
+    probe = probe_clip(model)
+    try:
+        with torch.inference_mode():
+            got = model.forward_features(probe).double()
+            fused.set_fused(model, False)
+            want = model.forward_features(probe).double()
+    except RuntimeError as failure:  # an op this build cannot run fused: the plain path stays
+        fused.set_fused(model, False)
+        log.warning(
+            "conv + ReLU fusion unavailable (%s): not fused", describe_error(failure, with_class=False)
+        )
+        return 0
+    error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+    if not error < FOLD_TOLERANCE:
+        log.warning(
+            "conv + ReLU fusion changed %s's features (relative L2 %.1e): not fused", model.spec.name, error
+        )
+        return 0
+    return fused.set_fused(model, True)
 
 
 def check_cuda_precision(precision: str) -> None:
@@ -284,7 +317,8 @@ class TorchClipModel:
     """Normalises uint8 clips on the device and returns pooled features (and logits when asked).
 
     Fast paths: batch norms folded into their convs (`fold_batch_norms`, on a copy, checked on a probe
-    clip), channels_last_3d (default, see `default_channels_last`), inference_mode, autocast for
+    clip), then on CPU in fp32 conv + ReLU (+ residual add) as one oneDNN call (`fuse_conv_activations`,
+    checked the same way), channels_last_3d (default, see `default_channels_last`), inference_mode, autocast for
     `precision` bf16/fp16, cudnn.benchmark and a reused pinned staging buffer with non-blocking copies on
     GPUs, and `compile` (torch.compile, falling back to eager mode, logged, when compiling fails).
     """
@@ -301,6 +335,7 @@ class TorchClipModel:
         logits: bool = False,
         compile: bool = False,
         fold_bn: bool = True,
+        fuse: bool | None = None,
         batch_size: int | None = None,
         crops: int = 1,
         pad_batches: bool | None = None,
@@ -314,9 +349,13 @@ class TorchClipModel:
             raise DeviceError("hardware.precision=fp16 needs a CUDA device")
         if device.type == "cuda":
             check_cuda_precision(precision)
-        self.folded_norms = 0
+        self.folded_norms = self.fused_blocks = 0
         if fold_bn:
             model, self.folded_norms = fold_batch_norms(model.eval())
+        if fuse is None:  # CPU fp32 eager only: autocast and inductor do not see through the fused op
+            fuse = device.type == "cpu" and self.dtype is None and not compile
+        if fuse and self.folded_norms:
+            self.fused_blocks = fuse_conv_activations(model)
         self.channels_last = default_channels_last(device) if channels_last is None else channels_last
         memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         # Module.to takes memory_format (torch's type stubs do not say so)
@@ -343,6 +382,7 @@ class TorchClipModel:
             "channels_last": self.channels_last,
             "compiled": self.compiled,
             "folded_batch_norms": self.folded_norms,
+            "fused_conv_blocks": self.fused_blocks,
             "cudnn_benchmark": self.device.type == "cuda",
         }
 

@@ -19,8 +19,11 @@ from pipeline.inference import (
     fold_batch_norms,
     load_model,
 )
+from pipeline.models import fused
 from pipeline.models.base import VideoModel
+from pipeline.models.fused import FusableBlock
 from pipeline.models.registry import build_model, get_spec
+from pipeline.numerics import cpu_native_bf16
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
 CPU = torch.device("cpu")
@@ -88,14 +91,24 @@ def reference(request):
     return name, clips, valid, want, max(FAST_TOL, 10 * floor)
 
 
-@pytest.mark.parametrize("fast_path", ["default", "channels_last", "fold_bn"])
+@pytest.mark.parametrize("fast_path", ["default", "channels_last", "fold_bn", "unfused"])
 def test_exact_fast_paths_equal_plain_fp32_ncdhw(reference, fast_path):
     name, clips, valid, want, tolerance = reference
-    options = {"default": {}, "channels_last": {"fold_bn": False}, "fold_bn": {"channels_last": False}}
+    options = {
+        "default": {},
+        "channels_last": {"fold_bn": False},
+        "fold_bn": {"channels_last": False},
+        "unfused": {"fuse": False},
+    }
     fast = clip_model(name, **options[fast_path])
     norms = sum(isinstance(m, nn.BatchNorm3d) for m in build_model(name).modules())
     assert fast.channels_last == (fast_path != "fold_bn")
     assert fast.folded_norms == (norms if fast_path != "channels_last" else 0)  # every norm follows a conv
+    # conv + ReLU fusion: every ResNet block once its norms are folded; X3D's blocks have none
+    fusable = (
+        sum(isinstance(m, FusableBlock) for m in fast.model.modules()) if not name.startswith("x3d") else 0
+    )
+    assert fast.fused_blocks == (fusable if fast_path in ("default", "fold_bn") else 0)
     got = fast(clips, valid)[0]
     assert got.dtype == np.float32 and got.shape == want.shape
     assert relative_l2(got, want) < tolerance
@@ -120,6 +133,37 @@ def test_folding_is_checked_and_refused_when_it_changes_features(caplog):
         kept, folded = fold_batch_norms(model)
     assert kept is model and folded == 0
     assert "batch norm folding changed slow_tiny's features" in caplog.text
+
+
+def test_fusion_falls_back_when_the_fused_op_fails_or_differs(monkeypatch, caplog):
+    clips, valid = clips_of(8, 64)
+    want = clip_model("slowfast_tiny", fuse=False)(clips, valid)[0]
+
+    def unsupported(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("mkldnn: this build cannot")
+
+    def wrong(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(nn.functional.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding) + 1)
+
+    for replacement, message in (
+        (unsupported, "fusion unavailable"),
+        (wrong, "fusion changed slowfast_tiny"),
+    ):
+        monkeypatch.setattr(fused, "conv_relu", replacement)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
+            fast = clip_model("slowfast_tiny")
+        assert fast.folded_norms > 0 and fast.fused_blocks == 0, message
+        assert not any(getattr(m, "fused", False) for m in fast.model.modules())
+        assert message in caplog.text
+        assert relative_l2(fast(clips, valid)[0], want) < FAST_TOL
+
+
+def test_fusion_only_for_cpu_fp32_eager():
+    assert clip_model("slow_tiny").fused_blocks > 0
+    if cpu_native_bf16():
+        assert clip_model("slow_tiny", precision="bf16").fused_blocks == 0  # autocast does not reach the op
+    assert clip_model("slow_tiny", compile=True).fused_blocks == 0  # inductor fuses by itself
 
 
 def test_folding_leaves_the_callers_model_alone():
@@ -180,7 +224,7 @@ def test_batches_run_in_inference_mode():
 
 def test_a_failing_compile_falls_back_to_eager(monkeypatch, caplog):
     clips, valid = clips_of(8, 64)
-    want = clip_model("slowfast_tiny")(clips, valid)[0]
+    want = clip_model("slowfast_tiny", fuse=False)(clips, valid)[0]  # compile=True leaves fusion to inductor
 
     def broken_compile(function, **kwargs):
         def compiled(*args, **kw):

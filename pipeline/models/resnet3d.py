@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.models import fused as fused_ops
 from pipeline.models.base import ClassifierHead, ClipShapeError, VideoModel, init_weights
+from pipeline.models.fused import FusableBlock
 from pipeline.models.spec import ModelSpec
 from pipeline.sampling import slow_pathway_indices
 
@@ -93,7 +95,7 @@ def batch_norm(channels: int) -> nn.BatchNorm3d:
     return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(FusableBlock):
     """Tx1x1 -> 1x3x3 (spatial stride) -> 1x1x1 bottleneck, each conv followed by BN (`a`, `b`, `c`)."""
 
     def __init__(
@@ -117,13 +119,21 @@ class Bottleneck(nn.Module):
         self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
         self.c_bn = batch_norm(dim_out)
 
+    def norms(self) -> list[nn.Module]:
+        return [self.a_bn, self.b_bn, self.c_bn]
+
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.a_bn(self.a(x)), inplace=True)
         x = F.relu(self.b_bn(self.b(x)), inplace=True)
         return self.c_bn(self.c(x))
 
+    def forward_add_relu(self, x: Tensor, residual: Tensor) -> Tensor:
+        """relu(forward(x) + residual), every conv fused with what follows it (folded norms only)."""
+        x = fused_ops.conv_relu(self.b, fused_ops.conv_relu(self.a, x))
+        return fused_ops.conv_add_relu(self.c, x, residual)
 
-class ResBlock(nn.Module):
+
+class ResBlock(FusableBlock):
     """Residual block: relu(shortcut(x) + branch2(x)); projection shortcut `branch1` when shapes change."""
 
     def __init__(self, dim_in: int, dim_out: int, stride: int, branch2: nn.Module) -> None:
@@ -134,8 +144,16 @@ class ResBlock(nn.Module):
             self.branch1_bn = batch_norm(dim_out)
         self.branch2 = branch2
 
+    def norms(self) -> list[nn.Module]:
+        projection = [self.branch1_bn] if self.has_projection else []
+        branch2 = self.branch2.norms() if isinstance(self.branch2, FusableBlock) else [self.branch2]
+        return projection + branch2
+
     def forward(self, x: Tensor) -> Tensor:
         shortcut = self.branch1_bn(self.branch1(x)) if self.has_projection else x
+        if self.fused:
+            assert isinstance(self.branch2, Bottleneck)  # can_fuse() holds for folded Bottlenecks only
+            return self.branch2.forward_add_relu(x, shortcut)
         return F.relu(shortcut + self.branch2(x), inplace=True)
 
 
@@ -179,7 +197,7 @@ class NonLocal(nn.Module):
         return x + self.bn(self.conv_out(y))
 
 
-class StemUnit(nn.Module):
+class StemUnit(FusableBlock):
     """Stem of one pathway: Tx7x7 conv (spatial stride 2), BN, ReLU, 1x3x3 max pool (stride 2)."""
 
     def __init__(self, dim_in: int, dim_out: int, temporal_kernel: int) -> None:
@@ -194,8 +212,11 @@ class StemUnit(nn.Module):
         )
         self.bn = batch_norm(dim_out)
 
+    def norms(self) -> list[nn.Module]:
+        return [self.bn]
+
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn(self.conv(x)), inplace=True)
+        x = fused_ops.conv_relu(self.conv, x) if self.fused else F.relu(self.bn(self.conv(x)), inplace=True)
         return F.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
 
 
@@ -253,7 +274,7 @@ class ResStage(nn.Module):
         return out
 
 
-class FastToSlowFusion(nn.Module):
+class FastToSlowFusion(FusableBlock):
     """Lateral connection: time-strided conv on the fast pathway, concatenated onto the slow one."""
 
     def __init__(self, dim_fast: int, channel_ratio: int, kernel: int, alpha: int) -> None:
@@ -268,9 +289,15 @@ class FastToSlowFusion(nn.Module):
         )
         self.bn = batch_norm(dim_fast * channel_ratio)
 
+    def norms(self) -> list[nn.Module]:
+        return [self.bn]
+
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         slow, fast = xs
-        fused = F.relu(self.bn(self.conv_f2s(fast)), inplace=True)
+        if self.fused:
+            fused = fused_ops.conv_relu(self.conv_f2s, fast)
+        else:
+            fused = F.relu(self.bn(self.conv_f2s(fast)), inplace=True)
         return [torch.cat([slow, fused], dim=1), fast]
 
 
