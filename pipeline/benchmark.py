@@ -41,7 +41,9 @@ from pipeline.config import usable_cpus
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine, VideoJob
 from pipeline.io import Frame, FrameSource, SourceInfo
+from pipeline.layer_profile import layer_profile, print_layer_profile
 from pipeline.models.base import VideoModel
+from pipeline.models.fused import unfused
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 
@@ -368,7 +370,7 @@ def flop_analysis(model: VideoModel, num_frames: int, size: int) -> Any:
         def forward(self, *pathways: torch.Tensor) -> torch.Tensor:
             return self.inner.forward_features(list(pathways))
 
-    with torch.inference_mode():
+    with torch.inference_mode(), unfused(model):  # the tracer cannot record oneDNN's fused conv op
         pathways = model.pathways(flop_input(model, num_frames, size))
         analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -677,8 +679,10 @@ def bench_main(
     transfer: bool = True,
     node_cpus: int | None = None,
     fidelity_video: Path | None = None,
+    layers: bool = False,
 ) -> dict[str, Any]:
-    """Model-only, decode-only, end-to-end, memory, GFLOPs and transfer for one setting.
+    """Model-only, decode-only, end-to-end, memory, GFLOPs and transfer for one setting (`layers`: and the
+    per-conv roofline profile).
 
     The plain baseline is measured first, before the configured extractor exists: building that one
     applies `hardware.reuse_memory`, a process-wide allocator switch, and the baseline is what a plain
@@ -711,7 +715,7 @@ def bench_main(
     if plain_rate is not None:
         report["plain_fp32_ncdhw_clips_per_s"] = plain_rate
         report["fast_path_speedup"] = report["model_clips_per_s"] / plain_rate
-    report.update(efficiency(fx.engine.model, report, s.batch_size, T, size))
+    report.update(efficiency(fx.engine.model, report, s.batch_size, T, size, layers))
     if s.precision != "fp32":
         report["vs_fp32"] = compare_with_fp32(
             fx, fidelity_video or videos[0], s.batch_size, T, size, max(2, s.repeats // 2)
@@ -749,10 +753,11 @@ def bench_main(
 
 
 def efficiency(
-    clip_model: Any, report: dict[str, Any], batch: int, num_frames: int, size: int
+    clip_model: Any, report: dict[str, Any], batch: int, num_frames: int, size: int, layers: bool = False
 ) -> dict[str, Any]:
     """Achieved GFLOP/s of the model beside this machine's fp32 matmul peak (and the bf16/fp16 one for a
-    reduced precision: efficiency is against the run's own precision), and the per-stage profile."""
+    reduced precision: efficiency is against the run's own precision), the per-stage profile, and with
+    `layers` every conv's roofline (`pipeline.layer_profile`)."""
     device = clip_model.device.type
     out: dict[str, Any] = {"matmul_peak_gflop_s": measure_matmul_peak(device=device)}
     out["peak_gflop_s"] = out["matmul_peak_gflop_s"]
@@ -773,6 +778,8 @@ def efficiency(
         out["peak_gflop_s"] = again
         if "achieved_gflop_s" in out:
             out["efficiency_vs_peak"] = out["achieved_gflop_s"] / again
+    if layers and not getattr(clip_model, "compiled", False):
+        out["layers"] = layer_profile(clip_model, batch, num_frames, size, out["peak_gflop_s"])
     return out
 
 
@@ -1063,6 +1070,8 @@ def print_efficiency(report: dict[str, Any]) -> None:
             f"    {row['stage']:18s} {row['ms']:8.1f} ms/batch {100 * row['share']:5.1f}%  "
             f"{row['gflop']:7.1f} GFLOP  {row['gflop_per_s']:6.0f} GFLOP/s ({100 * row['gflop_per_s'] / peak:3.0f}% of peak)"
         )
+    if report.get("layers"):
+        print_layer_profile(report["layers"])
     v = report.get("vs_fp32")
     if v:
         print(
@@ -1129,6 +1138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="peak memory on a 1-minute vs an M-minute video (fresh process each)",
     )
     p.add_argument("--probe-e2e", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--layers", action="store_true", help="time every conv alone against its roofline bound")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
@@ -1212,6 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
             e2e_repeats=args.e2e_repeats,
             node_cpus=args.node_cpus or None,
             fidelity_video=fidelity_video_of(s, args),
+            layers=args.layers,
         )
         if not args.json:
             print_report(report)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from pipeline import benchmark, numerics
+from pipeline import benchmark, layer_profile, numerics
 from pipeline.synth import write_video
 
 
@@ -52,3 +53,28 @@ def test_bf16_is_compared_with_fp32_on_the_same_clips(tmp_path, monkeypatch):
     assert result["precision"] == "bf16" and result["rows"] == 8  # 30 frames, stride 4, zero padding
     assert 0.99 < result["min_cosine"] < 1.0 and 0 < result["max_relative_l2"] < 0.1  # bf16 really ran
     assert fx.engine.model.precision == "bf16" and torch.get_num_threads() >= 1  # the bf16 model is back
+
+
+def test_layer_profile_times_every_conv_with_its_flops_and_bound():
+    fx = benchmark.make_extractor(
+        benchmark.Settings(model="slowfast_tiny", num_frames=None, sampling_rate=None)
+    )
+    clip_model = fx.engine.model
+    assert clip_model.fused_blocks > 0  # profiled as the run executes it: fused
+    T, size = fx.config.data.num_frames, fx.config.data.resize.size[0]
+    profile = layer_profile.layer_profile(clip_model, 1, T, size, peak_gflop_s=100.0, repeats=1)
+    convs = {name: m for name, m in clip_model.model.named_modules() if isinstance(m, nn.Conv3d)}
+    assert [row["layer"] for row in profile["convs"]] == list(convs)  # every conv, in forward order
+    macs = benchmark.flop_analysis(clip_model.model, T, size).by_module()  # fvcore, independently
+    for row in profile["convs"]:
+        assert row["gflop"] == pytest.approx(2 * macs[f"inner.{row['layer']}"] / 1e9, rel=1e-6)
+        assert row["ms"] > 0 and row["flops_per_byte"] > 0
+        balance = profile["machine_balance_flops_per_byte"]
+        assert row["bound"] == ("compute" if row["flops_per_byte"] >= balance else "memory")
+        assert row["attainable_gflop_s"] <= 100.0
+        assert row["narrow"] == (convs[row["layer"]].out_channels < layer_profile.VECTOR_LANES_FP32)
+    assert any(row["fused_relu"] for row in profile["convs"])
+    assert sum(g["convs"] for g in profile["groups"]) == len(convs)
+    assert profile["rest_ms"] == pytest.approx(profile["forward_ms"] - profile["convs_ms"])
+    assert profile["bandwidth_gb_s"] > 0
+    assert clip_model.fused_blocks == sum(getattr(m, "fused", False) for m in clip_model.model.modules())

@@ -10,6 +10,9 @@ A block uses it only once its batch norms are folded away (`FusableBlock.fused`,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -63,3 +66,16 @@ def set_fused(model: nn.Module, fused: bool) -> int:
             block.fused = fused
             switched += 1
     return switched
+
+
+@contextmanager
+def unfused(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with every block on the plain path for a while (tracers such as fvcore's FLOP counter
+    cannot record the fused op); each block's state comes back afterwards."""
+    was_fused = {block: block.fused for block in model.modules() if isinstance(block, FusableBlock)}
+    set_fused(model, False)
+    try:
+        yield model
+    finally:
+        for block, state in was_fused.items():
+            block.fused = state
