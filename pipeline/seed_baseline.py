@@ -10,8 +10,10 @@ one clip centred on every stride-th frame i (frames i + (j - T/2) * tau, j = 0..
 video are 0 after normalisation); normalise (x / 255 - mean) / std in float32; cut the SlowFast pathways
 (the slow one at PySlowFast's indices); run a plain fp32 NCDHW model one clip at a time; save one .npy.
 The model is PySlowFast's own (PyPI slowfast==1.0, `--model-impl pyslowfast`) or ours in plain mode
-(`ours`: fp32, NCDHW, batch norms not folded), which computes the same. `python -m pipeline.benchmark
---vs-seed` times this against `python -m pipeline.extract`.
+(`ours`: fp32, NCDHW, batch norms not folded), which computes the same. torch and FFmpeg use the usable
+CPUs (OMP_NUM_THREADS when set, as our pipeline) and libgomp spins as by default (run as a script, the
+lower spin count `import pipeline` sets is undone). `python -m pipeline.benchmark --vs-seed` times this
+against `python -m pipeline.extract`.
 """
 
 from __future__ import annotations
