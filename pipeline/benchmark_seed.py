@@ -125,7 +125,7 @@ def run_process(command: list[str], cwd: Path, sample_every_s: float = 0.5) -> d
 
 
 def seed_command(
-    video: Path, checkpoint: Path, out: Path, model: str, impl: str, T: int, tau: int, stride: int, size: int
+    video: Path, checkpoint: Path, out: Path, impl: str, model: str, T: int, tau: int, stride: int, size: int
 ) -> list[str]:
     """The seed baseline's command line."""
     return [
@@ -158,12 +158,12 @@ def ours_command(
     root: Path,
     checkpoint: Path,
     out: Path,
+    batch_size: int | None,
     model: str,
     T: int,
     tau: int,
     stride: int,
     size: int,
-    batch_size: int | None,
 ) -> list[str]:
     """Our pipeline's command line: the seed's windows and resize, every other setting its default."""
     command = [
@@ -252,42 +252,27 @@ def bench_vs_seed(
         checkpoint = write_random_checkpoint(model, tmp / f"{model}_random.pyth", seed)
         video_list = tmp / "video_list.csv"
         video_list.write_text(video.name + "\n")
+        clip_setting = (model, num_frames, sampling_rate, stride, size)
+        commands = {  # each run's outputs go to out/ in its own fresh folder (our pipeline resumes otherwise)
+            "seed": seed_command(video, checkpoint, Path("out/features.npy"), impl, *clip_setting),
+            "ours": ours_command(
+                video_list, video.parent, checkpoint, Path("out"), batch_size, *clip_setting
+            ),
+        }
         for repeat in range(repeats):
             for side in SIDES:
-                run_dir = tmp / f"{side}_{repeat}"  # fresh each time: our pipeline resumes otherwise
-                out = run_dir / "out"
-                if side == "seed":
-                    command = seed_command(
-                        video,
-                        checkpoint,
-                        out / "features.npy",
-                        model,
-                        impl,
-                        num_frames,
-                        sampling_rate,
-                        stride,
-                        size,
-                    )
-                else:
-                    command = ours_command(
-                        video_list,
-                        video.parent,
-                        checkpoint,
-                        out,
-                        model,
-                        num_frames,
-                        sampling_rate,
-                        stride,
-                        size,
-                        batch_size,
-                    )
                 log.info("%s run %d/%d ...", side, repeat + 1, repeats)
-                run = run_process(command, run_dir)
+                run_dir = tmp / f"{side}_{repeat}"
+                run = run_process(commands[side], run_dir)
                 log.info("%s: %.1f s wall, %.1f CPU s", side, run["wall_s"], run["cpu_s"])
                 runs[side].append(run)
-                written = sorted(out.glob("features.npy" if side == "seed" else "features/*.npy"))
+                written = sorted(
+                    (run_dir / "out").glob("features.npy" if side == "seed" else "features/*.npy")
+                )
                 if len(written) != 1:
-                    raise RuntimeError(f"{side}: expected one features file under {out}, found {written}")
+                    raise RuntimeError(
+                        f"{side}: expected one features file under {run_dir / 'out'}, found {written}"
+                    )
                 features[side] = np.load(written[0])
     seed_rows, our_rows = len(features["seed"]), len(features["ours"])
     same_shape = features["seed"].shape == features["ours"].shape
@@ -304,27 +289,7 @@ def bench_vs_seed(
         "repeats": repeats,
         "seed_model_impl": impl,
         "seed_note": note,
-        "commands": {
-            "seed": " ".join(
-                seed_command(
-                    video, Path("W.pyth"), Path("X.npy"), model, impl, num_frames, sampling_rate, stride, size
-                )[1:]
-            ),
-            "ours": " ".join(
-                ours_command(
-                    Path("LIST.csv"),
-                    video.parent,
-                    Path("W.pyth"),
-                    Path("OUT"),
-                    model,
-                    num_frames,
-                    sampling_rate,
-                    stride,
-                    size,
-                    batch_size,
-                )[1:]
-            ),
-        },
+        "commands": {side: " ".join(command[1:]) for side, command in commands.items()},
         "seed": {**summarize(runs["seed"]), "rows": seed_rows},
         "ours": {**summarize(runs["ours"]), "rows": our_rows},
         "same_rows": seed_rows == our_rows,
