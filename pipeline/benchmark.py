@@ -5,6 +5,7 @@
     python -m pipeline.benchmark --all-models            # clips/s and GFLOPs of every registered model
     python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
     python -m pipeline.benchmark --minutes 60 --stride 120 --resolution 320x240   # RSS vs video length
+    python -m pipeline.benchmark --vs-seed               # whole-process time vs the old extractor's algorithm
 
 Everything runs in one process (the RSS-vs-length mode starts one fresh process per video length) with
 random weights (speed does not depend on their values). Rates are medians of repeated measurements:
@@ -1093,7 +1094,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--video", type=Path, help="a video file (default: a generated one)")
     p.add_argument("--resolution", default="1920x1080", help="generated video WxH")
     p.add_argument("--video-fps", type=float, default=30.0, help="generated video frame rate")
-    p.add_argument("--seconds", type=float, default=20.0, help="generated video length")
+    p.add_argument("--seconds", type=float, help="generated video length (default 20; --vs-seed: 30)")
     p.add_argument(
         "--workdir",
         type=Path,
@@ -1102,10 +1103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--num-frames", type=int, default=32, help="T (0: the model's)")
     p.add_argument("--sampling-rate", type=int, default=1, help="tau (0: the model's)")
-    p.add_argument("--stride", type=int, default=16)
+    p.add_argument("--stride", type=int, help="frames between clips (default 16; --vs-seed: 32)")
     p.add_argument("--fps", type=float, default=30.0, help="frames/s the model sees (0: native)")
     p.add_argument("--size", type=int, default=0, help="model input size (0: the model's crop size)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, help="default 4; --vs-seed: hardware=cpu's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
@@ -1122,7 +1123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="CPUs of the node to plan decode workers for (0: usable here)",
     )
-    p.add_argument("--repeats", type=int, default=5, help="repeated measurements (medians are reported)")
+    p.add_argument(
+        "--repeats", type=int, help="repeated measurements, medians reported (default 5; --vs-seed: 2)"
+    )
     p.add_argument("--decode-frames", type=int, default=300, help="frames per decode-only measurement")
     p.add_argument(
         "--e2e-repeats", type=int, default=3, help="end-to-end runs (each between model-only checks)"
@@ -1137,11 +1140,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="M",
         help="peak memory on a 1-minute vs an M-minute video (fresh process each)",
     )
+    p.add_argument(
+        "--vs-seed",
+        action="store_true",
+        help="whole-process time of the old extractor's algorithm (pipeline.seed_baseline) vs pipeline.extract",
+    )
+    p.add_argument(
+        "--seed-impl",
+        default="auto",
+        choices=["auto", "pyslowfast", "ours"],
+        help="with --vs-seed: the seed's model (auto: PySlowFast 1.0's when importable)",
+    )
     p.add_argument("--probe-e2e", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--layers", action="store_true", help="time every conv alone against its roofline bound")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
+    defaults: dict[str, Any] = {"seconds": 20.0, "stride": 16, "batch_size": 4, "repeats": 5}
+    if args.vs_seed:
+        from pipeline.benchmark_seed import SEED_DEFAULTS
+
+        defaults = {**SEED_DEFAULTS, "batch_size": None}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
 
 
@@ -1177,6 +1199,26 @@ def main(argv: list[str] | None = None) -> int:
             "e2e": measure_e2e(fx, [args.video]),
             "peak_rss_mb_process_lifetime": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
+    elif args.vs_seed:
+        from pipeline.benchmark_seed import bench_vs_seed, print_seed_report
+
+        report = bench_vs_seed(
+            args.model,
+            args.video,
+            workdir=args.workdir,
+            resolution=args.resolution,
+            video_fps=args.video_fps,
+            seconds=args.seconds,
+            num_frames=args.num_frames or None,
+            sampling_rate=args.sampling_rate or None,
+            stride=args.stride,
+            size=args.size or None,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            seed_impl=args.seed_impl,
+        )
+        if not args.json:
+            print_seed_report(report)
     elif args.all_models:
         report = {"models": bench_all_models(s, fidelity_video_of(s, args), args.models)}
         if not args.json:
