@@ -716,7 +716,7 @@ def bench_main(
     if plain_rate is not None:
         report["plain_fp32_ncdhw_clips_per_s"] = plain_rate
         report["fast_path_speedup"] = report["model_clips_per_s"] / plain_rate
-    report.update(efficiency(fx.engine.model, report, s.batch_size, T, size, layers))
+    report.update(efficiency(fx.engine.model, report, s.batch_size, T, size))
     if s.precision != "fp32":
         report["vs_fp32"] = compare_with_fp32(
             fx, fidelity_video or videos[0], s.batch_size, T, size, max(2, s.repeats // 2)
@@ -750,15 +750,16 @@ def bench_main(
     report["cpu_budget"] = cpu_budget(report, c)
     if transfer:
         report["transfer"] = {b: measure_transfer(s, T, size, b) for b in ("process", "thread")}
+    if layers and not fx.engine.model.compiled:  # last: its allocations would stay in the reused heap
+        report["layers"] = layer_profile(fx.engine.model, s.batch_size, T, size, report["peak_gflop_s"])
     return report
 
 
 def efficiency(
-    clip_model: Any, report: dict[str, Any], batch: int, num_frames: int, size: int, layers: bool = False
+    clip_model: Any, report: dict[str, Any], batch: int, num_frames: int, size: int
 ) -> dict[str, Any]:
     """Achieved GFLOP/s of the model beside this machine's fp32 matmul peak (and the bf16/fp16 one for a
-    reduced precision: efficiency is against the run's own precision), the per-stage profile, and with
-    `layers` every conv's roofline (`pipeline.layer_profile`)."""
+    reduced precision: efficiency is against the run's own precision), and the per-stage profile."""
     device = clip_model.device.type
     out: dict[str, Any] = {"matmul_peak_gflop_s": measure_matmul_peak(device=device)}
     out["peak_gflop_s"] = out["matmul_peak_gflop_s"]
@@ -779,8 +780,6 @@ def efficiency(
         out["peak_gflop_s"] = again
         if "achieved_gflop_s" in out:
             out["efficiency_vs_peak"] = out["achieved_gflop_s"] / again
-    if layers and not getattr(clip_model, "compiled", False):
-        out["layers"] = layer_profile(clip_model, batch, num_frames, size, out["peak_gflop_s"])
     return out
 
 

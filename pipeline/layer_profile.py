@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,11 +38,32 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * source.numel() * 4 / best / 1e9
 
 
-def conv_inputs(model: nn.Module, pathways: list[Tensor], autocast: Callable[[], Any]) -> dict[str, Tensor]:
-    """The input of every Conv3d of one forward pass, by module name (fused blocks switched off for it)."""
-    captured: dict[str, Tensor] = {}
+@dataclass(frozen=True)
+class InputLayout:
+    """What a conv receives in a forward pass: shape, dtype and whether it is channels-last."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    channels_last: bool
+
+    def random(self, device: torch.device) -> Tensor:
+        """A random tensor of this layout (the values do not change a dense conv's speed)."""
+        x = torch.randn(self.shape, device=device).to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+
+def conv_inputs(
+    model: nn.Module, pathways: list[Tensor], autocast: Callable[[], Any]
+) -> dict[str, InputLayout]:
+    """The input layout of every Conv3d of one forward pass, by module name, in forward order."""
+    seen: dict[str, InputLayout] = {}
+
+    def record(name: str, x: Tensor) -> None:
+        channels_last = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+        seen[name] = InputLayout(tuple(x.shape), x.dtype, channels_last and not x.is_contiguous())
+
     handles = [
-        conv.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args[0]))
+        conv.register_forward_pre_hook(lambda m, args, name=name: record(name, args[0]))
         for name, conv in model.named_modules()
         if isinstance(conv, nn.Conv3d)
     ]
@@ -51,7 +73,7 @@ def conv_inputs(model: nn.Module, pathways: list[Tensor], autocast: Callable[[],
     finally:
         for handle in handles:
             handle.remove()
-    return captured
+    return seen
 
 
 def fused_convs(model: nn.Module) -> set[nn.Module]:
@@ -113,7 +135,8 @@ def layer_profile(
     modules = dict(model.named_modules())
     rows = []
     with torch.inference_mode(), autocast():
-        for name, x in inputs.items():
+        for name, layout in inputs.items():
+            x = layout.random(pathways[0].device)
             conv = modules[name]
             assert isinstance(conv, nn.Conv3d)
             run = partial(fused_ops.conv_relu, conv, x) if conv in with_relu else partial(conv, x)
