@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -268,3 +270,70 @@ def test_gpu_paths_match_cpu_fp32(precision, tolerance):
         got = gpu(clips, valid)[0]
         assert relative_l2(got, want) < tolerance
     assert torch.backends.cudnn.benchmark
+
+
+def gapped_convs(model: nn.Module) -> list[str]:
+    """Dense, non-pointwise convs with a stride larger than their kernel in some dimension: the shape whose
+    AMX bf16 kernel corrupts memory in oneDNN 3.12 (depthwise and 1x1x1 convs use other kernels)."""
+    return [
+        name
+        for name, conv in model.named_modules()
+        if isinstance(conv, nn.Conv3d)
+        and conv.groups == 1
+        and tuple(conv.kernel_size) != (1, 1, 1)
+        and any(s > k for s, k in zip(conv.stride, conv.kernel_size, strict=True))
+    ]
+
+
+def test_every_gapped_conv_of_the_zoo_runs_in_fp32_under_cpu_bf16():
+    from pipeline.models.registry import list_models
+    from pipeline.models.resnet3d import FastToSlowFusion
+
+    found = {}
+    for name in list_models():
+        if name.startswith("mvitv2_l"):  # 2.8 TFLOPs per clip; its convs are those of mvitv2_b
+            continue
+        model = build_model(name)
+        modules = dict(model.named_modules())
+        for conv_name in gapped_convs(model):
+            parent = modules[conv_name.rsplit(".", 1)[0]]
+            assert isinstance(parent, FastToSlowFusion) and parent.fp32_under_cpu_bf16, (name, conv_name)
+            found[name] = conv_name
+    assert "slowfast_r50_4x16" in found and "slowfast_r50" not in found
+
+
+def test_a_gapped_lateral_conv_computes_in_fp32_under_cpu_bf16_autocast():
+    from pipeline.models.resnet3d import FastToSlowFusion
+
+    torch.manual_seed(0)
+    fusion = FastToSlowFusion(dim_fast=8, channel_ratio=2, kernel=5, alpha=8).eval()
+    seen: list[torch.dtype] = []
+    fusion.conv_f2s.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    slow, fast = torch.randn(1, 16, 4, 8, 8), torch.randn(1, 8, 32, 8, 8)
+    with torch.inference_mode():
+        want = fusion([slow, fast])[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fusion([slow.bfloat16(), fast.bfloat16()])[0]
+    assert seen == [torch.float32, torch.float32] and got.dtype == torch.bfloat16
+    assert relative_l2(got.float().numpy(), want.numpy()) < BF16_TOL
+
+
+def test_slowfast_4x16_in_bf16_on_cpu_runs_and_matches_fp32():
+    """In a child process: oneDNN's heap corruption aborts the interpreter rather than raising."""
+    if not cpu_native_bf16():
+        pytest.skip("this CPU has no native bf16 (the run is refused there)")
+    code = (
+        "import numpy as np, torch\n"
+        "from pipeline.inference import TorchClipModel\n"
+        "from pipeline.models.registry import build_model\n"
+        "torch.manual_seed(0)\n"
+        "model = build_model('slowfast_r50_4x16')\n"
+        "clips = np.random.default_rng(0).integers(0, 256, (2, 32, 128, 128, 3), dtype=np.uint8)\n"
+        "valid = np.ones((2, 32), dtype=bool)\n"
+        "out = [TorchClipModel(model, device=torch.device('cpu'), mean=[0.45] * 3, std=[0.225] * 3,\n"
+        "                      precision=p)(clips, valid)[0] for p in ('bf16', 'fp32')]\n"
+        "print(float(np.linalg.norm(out[0] - out[1]) / np.linalg.norm(out[1])))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < BF16_TOL

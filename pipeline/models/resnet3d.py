@@ -274,6 +274,11 @@ class ResStage(nn.Module):
         return out
 
 
+def cpu_bf16_autocast() -> bool:
+    """True inside torch.autocast("cpu", dtype=torch.bfloat16)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 class FastToSlowFusion(FusableBlock):
     """Lateral connection: time-strided conv on the fast pathway, concatenated onto the slow one."""
 
@@ -288,6 +293,10 @@ class FastToSlowFusion(FusableBlock):
             bias=False,
         )
         self.bn = batch_norm(dim_fast * channel_ratio)
+        # oneDNN 3.12's AMX bf16 conv kernel (torch 2.13) sizes its scratch buffer for a stride no larger
+        # than the kernel and corrupts the heap otherwise (uxlfoundation/oneDNN#5494): a lateral conv whose
+        # time stride exceeds its kernel (SlowFast 4x16: kernel 5, stride 8) runs in fp32 under CPU bf16.
+        self.fp32_under_cpu_bf16 = alpha > kernel
 
     def norms(self) -> list[nn.Module]:
         return [self.bn]
@@ -296,6 +305,9 @@ class FastToSlowFusion(FusableBlock):
         slow, fast = xs
         if self.fused:
             fused = fused_ops.conv_relu(self.conv_f2s, fast)
+        elif self.fp32_under_cpu_bf16 and cpu_bf16_autocast():
+            with torch.autocast("cpu", enabled=False):
+                fused = F.relu(self.bn(self.conv_f2s(fast.float())), inplace=True).to(slow.dtype)
         else:
             fused = F.relu(self.bn(self.conv_f2s(fast)), inplace=True)
         return [torch.cat([slow, fused], dim=1), fast]
