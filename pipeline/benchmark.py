@@ -18,6 +18,7 @@ measured in the same run (`--node-cpus N` plans for a node with N CPUs).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -471,11 +472,12 @@ def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
 
 
 def fp32_twin(clip_model: Any) -> Any:
-    """The same prepared model (folded norms, memory layout, weights shared) without autocast."""
+    """The same prepared model (folded norms, memory layout) without autocast, on a copy of the weights, so
+    that its fp32 fast paths (conv + ReLU fusion) do not reach the reduced-precision model."""
     from pipeline.inference import TorchClipModel
 
     return TorchClipModel(
-        clip_model.model,
+        copy.deepcopy(clip_model.model),
         device=clip_model.device,
         mean=clip_model.mean,
         std=clip_model.std,

@@ -354,7 +354,7 @@ class TorchClipModel:
             model, self.folded_norms = fold_batch_norms(model.eval())
         if fuse is None:  # CPU fp32 eager only: autocast and inductor do not see through the fused op
             fuse = device.type == "cpu" and self.dtype is None and not compile
-        if fuse and self.folded_norms:
+        if fuse:  # blocks whose norms are folded (here or by the caller)
             self.fused_blocks = fuse_conv_activations(model)
         self.channels_last = default_channels_last(device) if channels_last is None else channels_last
         memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format

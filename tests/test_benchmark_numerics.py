@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from pipeline import benchmark, layer_profile, numerics
+from pipeline.inference import TorchClipModel
+from pipeline.models.registry import build_model
 from pipeline.synth import write_video
 
 
@@ -78,3 +80,15 @@ def test_layer_profile_times_every_conv_with_its_flops_and_bound():
     assert profile["rest_ms"] == pytest.approx(profile["forward_ms"] - profile["convs_ms"])
     assert profile["bandwidth_gb_s"] > 0
     assert clip_model.fused_blocks == sum(getattr(m, "fused", False) for m in clip_model.model.modules())
+
+
+def test_the_fp32_twin_runs_fused_on_its_own_copy():
+    torch.manual_seed(0)
+    model = build_model("slowfast_tiny")
+    reduced = TorchClipModel(
+        model, device=torch.device("cpu"), mean=[0.45] * 3, std=[0.225] * 3, precision="bf16"
+    )
+    assert reduced.fused_blocks == 0  # autocast does not reach the fused op
+    twin = benchmark.fp32_twin(reduced)
+    assert twin.fused_blocks > 0 and twin.model is not reduced.model
+    assert not any(getattr(m, "fused", False) for m in reduced.model.modules())
