@@ -454,7 +454,7 @@ class TorchClipModel:
         pixels = self._to_device(clips)
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=True)
         pixels, mask = self._pad(pixels, mask)
-        inputs = normalize_clips(pixels, mask, self.mean, self.std)
+        inputs = normalize_clips(pixels, mask, self.mean, self.std, channels_last=self.channels_last)
         pathways = self.model.pathways(inputs)
         del pixels, inputs  # the NCDHW input goes as soon as its channels-last copy exists (peak memory)
         if self.channels_last:

@@ -235,14 +235,22 @@ class FrameTransform:
 
 
 def normalize_clips(
-    clips: torch.Tensor, valid: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+    clips: torch.Tensor,
+    valid: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> float32 (B, 3, T, H, W): /255, -mean, /std; invalid frames exactly 0."""
+    """uint8 (B, T, H, W, 3) -> float32 (B, 3, T, H, W): /255, -mean, /std; invalid frames exactly 0.
+
+    `channels_last`: the result in channels_last_3d memory, which is the clips' own order (no transpose).
+    """
     if clips.dim() != 5 or clips.shape[-1] != 3:
         raise ValueError(f"clips must be (B, T, H, W, 3), got {tuple(clips.shape)}")
     if tuple(valid.shape) != tuple(clips.shape[:2]):
         raise ValueError(f"valid must be (B, T) = {tuple(clips.shape[:2])}, got {tuple(valid.shape)}")
-    x = clips.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    x = clips.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=layout)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
     x.div_(255.0).sub_(mean_t).div_(std_t)

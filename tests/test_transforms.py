@@ -237,6 +237,8 @@ def test_normalize_clips_values_and_zero_padding():
     assert (out[0, :, :2] != 0).any()
     with pytest.raises(ValueError, match="valid"):
         normalize_clips(torch.from_numpy(clips), torch.ones(2, 3, dtype=torch.bool), mean, std)
+    last = normalize_clips(torch.from_numpy(clips), torch.from_numpy(valid), mean, std, channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(last, out)  # same bits
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
