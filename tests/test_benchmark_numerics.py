@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline import benchmark, layer_profile, numerics
 from pipeline.inference import TorchClipModel
+from pipeline.models import fused
 from pipeline.models.registry import build_model
 from pipeline.synth import write_video
 
@@ -88,7 +89,9 @@ def test_the_fp32_twin_runs_fused_on_its_own_copy():
     reduced = TorchClipModel(
         model, device=torch.device("cpu"), mean=[0.45] * 3, std=[0.225] * 3, precision="bf16"
     )
-    assert reduced.fused_blocks == 0  # autocast does not reach the fused op
     twin = benchmark.fp32_twin(reduced)
-    assert twin.fused_blocks > 0 and twin.model is not reduced.model
-    assert not any(getattr(m, "fused", False) for m in reduced.model.modules())
+    assert reduced.fused_blocks > 0 and twin.fused_blocks > 0 and twin.model is not reduced.model
+    own = [m.__dict__.get(fused.WEIGHTS_ATTR) for m in reduced.model.modules() if isinstance(m, nn.Conv3d)]
+    copied = [m.__dict__.get(fused.WEIGHTS_ATTR) for m in twin.model.modules() if isinstance(m, nn.Conv3d)]
+    assert any(w is not None and w[0].dtype == torch.bfloat16 for w in own)  # the bf16 model keeps its bf16
+    assert all(w is None for w in copied)  # the fp32 twin runs its own fp32 weights

@@ -301,10 +301,13 @@ class FastToSlowFusion(FusableBlock):
     def norms(self) -> list[nn.Module]:
         return [self.bn]
 
+    def fp32_convs(self) -> list[nn.Module]:
+        return [self.conv_f2s] if self.fp32_under_cpu_bf16 else []
+
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         slow, fast = xs
         if self.fused:
-            fused = fused_ops.conv_relu(self.conv_f2s, fast)
+            fused = fused_ops.conv_relu(self.conv_f2s, fast).to(slow.dtype)
         elif self.fp32_under_cpu_bf16 and cpu_bf16_autocast():
             with torch.autocast("cpu", enabled=False):
                 fused = F.relu(self.bn(self.conv_f2s(fast.float())), inplace=True).to(slow.dtype)
