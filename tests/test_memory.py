@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
         net(clip)
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    print(json.dumps({"changed": changed, "faults": [faults_of_a_forward() for _ in range(8)]}))
+    print(json.dumps({"changed": changed, "faults": [faults_of_a_forward() for _ in range(16)]}))
     """
 )
 
@@ -44,6 +44,9 @@ def test_repeated_forwards_reuse_freed_activation_memory():
     kept = page_faults("keep")
     assert default["changed"] is False and kept["changed"] is True
     assert min(default["faults"][-3:]) > activation_pages  # every forward faults its activations in again
-    # steady state: the heap's pages are reused (the median of the last forwards: the kernel's proactive
-    # reclaim, DAMON here, may take back idle heap pages now and then, and one forward faults them in again)
-    assert sorted(kept["faults"][-5:])[2] < activation_pages // 10
+    # steady state: the heap's pages are reused. The heap may take a few forwards to settle (measured: 4 to 8
+    # here), and the kernel's proactive reclaim (DAMON) may take idle heap pages back now and then, so the
+    # last 8 of 16 forwards are read as a whole: mostly free of faults, and far below the default's
+    last = kept["faults"][-8:]
+    assert sorted(last)[4] < activation_pages // 10
+    assert sum(last) < sum(default["faults"][-8:]) // 4
