@@ -187,9 +187,10 @@ def fuse_conv_activations(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> int:
     """Switch a folded CPU model's conv -> ReLU (and conv -> residual add -> ReLU) steps to single oneDNN
-    calls (`pipeline.models.fused`), in place, with weights in `dtype` (None: fp32); kept only if a probe
-    clip's features (in `memory_format`), under `autocast`, stay within FOLD_TOLERANCE (bf16: FUSED_BF16_TOLERANCE) of the
-    unfused ones (else, or without the op, nothing changes). Returns the blocks fused.
+    calls (`pipeline.models.fused`), in place, with weights in `dtype` (None: fp32). Kept only if a probe
+    clip's features (in `memory_format`, under `autocast`) stay within FOLD_TOLERANCE (bf16:
+    FUSED_BF16_TOLERANCE) of the unfused ones; else, or without the op, nothing changes. Returns the blocks
+    fused.
     """
     if not fused.available() or not fused.set_fused(model, True):
         return 0
@@ -330,10 +331,11 @@ class TorchClipModel:
     """Normalises uint8 clips on the device and returns pooled features (and logits when asked).
 
     Fast paths: batch norms folded into their convs (`fold_batch_norms`, on a copy, checked on a probe
-    clip), then on CPU in fp32 or bf16 conv + ReLU (+ residual add) as one oneDNN call (`fuse_conv_activations`,
-    checked the same way), channels_last_3d (default, see `default_channels_last`), inference_mode, autocast for
-    `precision` bf16/fp16, cudnn.benchmark and a reused pinned staging buffer with non-blocking copies on
-    GPUs, and `compile` (torch.compile, falling back to eager mode, logged, when compiling fails).
+    clip), then on CPU in fp32 or bf16 conv + ReLU (+ residual add) as one oneDNN call
+    (`fuse_conv_activations`, checked the same way), channels_last_3d (default, see
+    `default_channels_last`), inference_mode, autocast for `precision` bf16/fp16, cudnn.benchmark and a
+    reused pinned staging buffer with non-blocking copies on GPUs, and `compile` (torch.compile, falling
+    back to eager mode, logged, when compiling fails).
     """
 
     def __init__(
@@ -471,7 +473,7 @@ class TorchClipModel:
         pixels, mask = self._pad(pixels, mask)
         inputs = normalize_clips(pixels, mask, self.mean, self.std, channels_last=self.channels_last)
         pathways = self.model.pathways(inputs)
-        del pixels, inputs  # the NCDHW input goes as soon as its channels-last copy exists (peak memory)
+        del pixels, inputs  # only the pathways hold the float input from here (peak memory)
         if self.channels_last:
             pathways = [p.contiguous(memory_format=torch.channels_last_3d) for p in pathways]
         with self._autocast():
