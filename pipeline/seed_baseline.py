@@ -53,7 +53,6 @@ PYSLOWFAST_OPTIONS = {
     "nonlocal_location",
     "nonlocal_instantiation",
 }
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # PySlowFast 1.0's _MODEL_STAGE_DEPTH
 PACKAGE_SPINCOUNT = "10000"  # the GOMP_SPINCOUNT that `import pipeline` sets (pipeline/__init__.py)
 
 FeaturesFn = Callable[[list["torch.Tensor"]], "torch.Tensor"]
@@ -136,18 +135,18 @@ def pyslowfast_unavailable(spec: ModelSpec) -> str | None:
     extra = set(spec.builder_kwargs) - PYSLOWFAST_OPTIONS
     if extra:
         return f"{spec.name}: slowfast==1.0's config cannot express {sorted(extra)}"
-    if spec.builder_kwargs.get("depth", 50) not in STAGE_BLOCKS:
-        return f"{spec.name}: slowfast==1.0 has no depth {spec.builder_kwargs['depth']}"
     if not isinstance(spec.num_classes, int):
         return f"{spec.name}: slowfast==1.0 has no multi-head classifier"
     try:
-        _import_pyslowfast()
+        builder = import_pyslowfast()
     except Exception as error:  # noqa: BLE001 - any import-time failure means "not usable here"
         return f"slowfast==1.0 is not importable: {type(error).__name__}: {error}"
+    if spec.builder_kwargs.get("depth", 50) not in builder._MODEL_STAGE_DEPTH:
+        return f"{spec.name}: slowfast==1.0 has no depth {spec.builder_kwargs['depth']}"
     return None
 
 
-def _import_pyslowfast() -> Any:
+def import_pyslowfast() -> Any:
     """slowfast==1.0's model builder module; a stand-in `detectron2.layers` first if detectron2 is absent."""
     if "detectron2" not in sys.modules and importlib.util.find_spec("detectron2") is None:
         from torch import nn
@@ -171,7 +170,7 @@ def pyslowfast_model(spec: ModelSpec, num_frames: int, size: int) -> tuple[nn.Mo
     reason = pyslowfast_unavailable(spec)
     if reason:
         raise ValueError(f"--model-impl pyslowfast: {reason} (use --model-impl ours)")
-    builder = _import_pyslowfast()
+    builder = import_pyslowfast()
     from slowfast.config.defaults import get_cfg
 
     kw = spec.builder_kwargs
@@ -186,7 +185,7 @@ def pyslowfast_model(spec: ModelSpec, num_frames: int, size: int) -> tuple[nn.Mo
     cfg.RESNET.DEPTH = kw.get("depth", 50)
     cfg.RESNET.WIDTH_PER_GROUP = kw.get("width_per_group", 64)
     cfg.RESNET.NUM_GROUPS = 1
-    blocks = STAGE_BLOCKS[cfg.RESNET.DEPTH]
+    blocks = builder._MODEL_STAGE_DEPTH[cfg.RESNET.DEPTH]  # the reference's own blocks per stage
     cfg.RESNET.NUM_BLOCK_TEMP_KERNEL = [
         list(stage) for stage in (kw.get("num_block_temp_kernel") or [[n] * pathways for n in blocks])
     ]

@@ -9,7 +9,6 @@ fails instead under CI=true. `pyslowfast_source()` finds PySlowFast master (../s
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,28 +17,25 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from pipeline.seed_baseline import PYSLOWFAST_ARCH, import_pyslowfast
+
 STUB_DIR = Path(__file__).parent / "reference_stub"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # PySlowFast GitHub master, beside the checkout (also in CI); PYSLOWFAST_SRC may point elsewhere.
 PYSLOWFAST_ENV = "PYSLOWFAST_SRC"
 DEFAULT_PYSLOWFAST = REPO_ROOT.parent / "shared" / "pyslowfast"
 
-# Our arch name -> PySlowFast 1.0 MODEL.ARCH (our "c2d" is their "c2d_nopool").
-ARCH_TO_REFERENCE = {"slowfast": "slowfast", "slow": "slowonly", "c2d": "c2d_nopool", "i3d": "i3d"}
+# Our arch name -> PySlowFast 1.0 MODEL.ARCH (our "c2d" is their "c2d_nopool"): one map with the benchmark's
+ARCH_TO_REFERENCE = PYSLOWFAST_ARCH
 
 FeaturesFn = Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
 
 
 def _import_reference() -> tuple[bool, str]:
-    """Try importing slowfast==1.0 (with the detectron2 stand-in on sys.path); (ok, reason)."""
+    """Try importing slowfast==1.0 (with a detectron2 stand-in where it is absent); (ok, reason)."""
     try:
-        import detectron2.layers  # noqa: F401
-    except ImportError:
-        if str(STUB_DIR) not in sys.path:
-            sys.path.append(str(STUB_DIR))
-    try:
+        import_pyslowfast()
         import slowfast.config.defaults  # noqa: F401
-        import slowfast.models.video_model_builder  # noqa: F401
     except Exception as exc:  # any import-time failure means "no reference here"
         return False, f"slowfast==1.0 reference not importable: {type(exc).__name__}: {exc}"
     return True, ""
