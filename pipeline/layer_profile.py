@@ -77,11 +77,11 @@ def conv_inputs(
 
 
 def fused_convs(model: nn.Module) -> set[nn.Module]:
-    """The convs that run fused with their ReLU (their block is fused)."""
+    """The convs that run fused with their ReLU (their block is fused; a projection shortcut is not)."""
     out: set[nn.Module] = set()
     for block in model.modules():
         if isinstance(block, fused_ops.FusableBlock) and block.fused:
-            out.update(m for m in block.modules() if isinstance(m, nn.Conv3d))
+            out.update(block.fused_convs())
     return out
 
 

@@ -77,6 +77,7 @@ def test_layer_profile_times_every_conv_with_its_flops_and_bound():
         assert row["attainable_gflop_s"] <= 100.0
         assert row["narrow"] == (convs[row["layer"]].out_channels < layer_profile.VECTOR_LANES_FP32)
     assert any(row["fused_relu"] for row in profile["convs"])
+    assert not any(row["fused_relu"] for row in profile["convs"] if ".branch1" in row["layer"])  # plain
     assert sum(g["convs"] for g in profile["groups"]) == len(convs)
     assert profile["rest_ms"] == pytest.approx(profile["forward_ms"] - profile["convs_ms"])
     assert profile["bandwidth_gb_s"] > 0

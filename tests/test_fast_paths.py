@@ -168,6 +168,8 @@ def test_fusion_for_cpu_eager_fp32_and_channels_last_bf16():
     convs = [m for m in bf16.model.modules() if isinstance(m, nn.Conv3d) and fused.WEIGHTS_ATTR in m.__dict__]
     assert convs and all(c.__dict__[fused.WEIGHTS_ATTR][0].dtype == torch.bfloat16 for c in convs)
     assert all(c.weight.dtype == torch.float32 for c in convs)  # the module's own weights stay fp32
+    shortcuts = [m for n, m in bf16.model.named_modules() if n.endswith(".branch1")]
+    assert shortcuts and not any(fused.WEIGHTS_ATTR in m.__dict__ for m in shortcuts)  # they run autocast
     # oneDNN fuses the residual add in bf16 only in channels-last memory; inductor fuses by itself
     assert clip_model("slow_tiny", precision="bf16", channels_last=False).fused_blocks == 0
     assert clip_model("slow_tiny", compile=True).fused_blocks == 0

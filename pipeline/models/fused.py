@@ -55,15 +55,14 @@ def _weights(conv: nn.Conv3d) -> tuple[Tensor, Tensor | None]:
 
 
 def set_weights_dtype(model: nn.Module, dtype: torch.dtype | None) -> None:
-    """Give every conv of a fusable block weights in `dtype` for the fused op (None: its own, fp32); convs a
-    block keeps in fp32 (`FusableBlock.fp32_convs`) keep theirs."""
+    """Give every conv that a fusable block runs fused weights in `dtype` for the op (None: its own, fp32);
+    convs a block keeps in fp32 (`FusableBlock.fp32_convs`) keep theirs."""
     for block in model.modules():
         if not isinstance(block, FusableBlock):
             continue
         kept = set(block.fp32_convs()) if dtype is not None else set()
-        for conv in block.modules():
-            if not isinstance(conv, nn.Conv3d):
-                continue
+        for conv in block.fused_convs():
+            assert isinstance(conv, nn.Conv3d)
             conv.__dict__.pop(WEIGHTS_ATTR, None)
             if dtype is not None and conv not in kept:
                 bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
@@ -85,6 +84,10 @@ class FusableBlock(nn.Module):
 
     def norms(self) -> list[nn.Module]:
         """The batch norms that must be folded (identities) before this block may fuse."""
+        raise NotImplementedError
+
+    def fused_convs(self) -> list[nn.Module]:
+        """The convs its fused path runs through the oneDNN op."""
         raise NotImplementedError
 
     def fp32_convs(self) -> list[nn.Module]:

@@ -95,8 +95,9 @@ def batch_norm(channels: int) -> nn.BatchNorm3d:
     return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
-class Bottleneck(FusableBlock):
-    """Tx1x1 -> 1x3x3 (spatial stride) -> 1x1x1 bottleneck, each conv followed by BN (`a`, `b`, `c`)."""
+class Bottleneck(nn.Module):
+    """Tx1x1 -> 1x3x3 (spatial stride) -> 1x1x1 bottleneck, each conv followed by BN (`a`, `b`, `c`); its
+    fused form (`forward_add_relu`) is run by the ResBlock around it."""
 
     def __init__(
         self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int, num_groups: int
@@ -146,8 +147,12 @@ class ResBlock(FusableBlock):
 
     def norms(self) -> list[nn.Module]:
         projection = [self.branch1_bn] if self.has_projection else []
-        branch2 = self.branch2.norms() if isinstance(self.branch2, FusableBlock) else [self.branch2]
+        branch2 = self.branch2.norms() if isinstance(self.branch2, Bottleneck) else [self.branch2]
         return projection + branch2
+
+    def fused_convs(self) -> list[nn.Module]:
+        b = self.branch2
+        return [b.a, b.b, b.c] if isinstance(b, Bottleneck) else []  # the projection runs plain
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = self.branch1_bn(self.branch1(x)) if self.has_projection else x
@@ -214,6 +219,9 @@ class StemUnit(FusableBlock):
 
     def norms(self) -> list[nn.Module]:
         return [self.bn]
+
+    def fused_convs(self) -> list[nn.Module]:
+        return [self.conv]
 
     def forward(self, x: Tensor) -> Tensor:
         x = fused_ops.conv_relu(self.conv, x) if self.fused else F.relu(self.bn(self.conv(x)), inplace=True)
@@ -300,6 +308,9 @@ class FastToSlowFusion(FusableBlock):
 
     def norms(self) -> list[nn.Module]:
         return [self.bn]
+
+    def fused_convs(self) -> list[nn.Module]:
+        return [self.conv_f2s]
 
     def fp32_convs(self) -> list[nn.Module]:
         return [self.conv_f2s] if self.fp32_under_cpu_bf16 else []
