@@ -513,7 +513,7 @@ def pytorchvideo_temporal_pool(keys: Iterable[str]) -> int:
 
 def _identity_bn(state: dict[str, torch.Tensor], module: str, channels: int, like: torch.Tensor) -> None:
     """Add an exact identity BatchNorm (weight 1, bias 0, mean 0, var 1 - eps) under `module`."""
-    from pipeline.models.resnet3d import BN_EPS
+    from pipeline.models.layers import BN_EPS
 
     state[f"{module}.weight"] = torch.ones(channels, dtype=like.dtype)
     state[f"{module}.bias"] = torch.zeros(channels, dtype=like.dtype)

@@ -15,8 +15,8 @@ from pipeline.models import (
     register_model,
 )
 from pipeline.models.labels import UnknownLabelsError
+from pipeline.models.layers import round_width
 from pipeline.models.resnet3d import block_temporal_kernels
-from pipeline.models.x3d import round_width
 
 # Parameter counts including the 400-class head. The ResNet-50 / X3D numbers are PySlowFast's own
 # (given in the task; SlowFast R50 also re-checked against slowfast==1.0 in test_models_reference).

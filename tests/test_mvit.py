@@ -15,7 +15,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import ConfigError, validate
 from pipeline.inference import TorchClipModel
 from pipeline.models import ClipShapeError, build_model, get_spec, list_models
-from pipeline.models.mvit import MViTConfig, layer_plans
+from pipeline.models.mvit_layers import MViTConfig, layer_plans
 from pipeline.models.registry import native_input
 from pipeline.transforms import normalize_clips
 

@@ -1,5 +1,10 @@
-"""Video models with PySlowFast parameter names, and the registry that names them."""
+"""Video models and the registry that names them.
 
+Importing this package imports every family file, and each registers its architectures and zoo entries
+(`pipeline.models.registry`). A new family is one file here plus its line below.
+"""
+
+from pipeline.models import mvit, resnet3d, x3d  # noqa: F401 - each registers its models
 from pipeline.models.base import ClipShapeError, VideoModel
 from pipeline.models.labels import load_labels
 from pipeline.models.registry import ModelSpec, build_model, get_spec, list_models, register_model

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +13,10 @@ from torch import Tensor, nn
 from pipeline.models import fused as fused_ops
 from pipeline.models.base import ClassifierHead, ClipShapeError, VideoModel, init_weights
 from pipeline.models.fused import FusableBlock
+from pipeline.models.layers import Bottleneck, ResBlock, batch_norm
+from pipeline.models.registry import register_arch, register_model
 from pipeline.models.spec import ModelSpec
 from pipeline.sampling import slow_pathway_indices
-
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -88,78 +88,6 @@ def block_temporal_kernels(pattern: Sequence[int], num_blocks: int, num_with_ker
         raise ValueError(f"num_block_temp_kernel {num_with_kernel} outside [0, {num_blocks}]")
     repeated = (list(pattern) * num_blocks)[:num_with_kernel]
     return repeated + [1] * (num_blocks - num_with_kernel)
-
-
-def batch_norm(channels: int) -> nn.BatchNorm3d:
-    """BatchNorm3d with PySlowFast's eps and momentum."""
-    return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-
-class Bottleneck(nn.Module):
-    """Tx1x1 -> 1x3x3 (spatial stride) -> 1x1x1 bottleneck, each conv followed by BN (`a`, `b`, `c`); its
-    fused form (`forward_add_relu`) is run by the ResBlock around it."""
-
-    def __init__(
-        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int, num_groups: int
-    ) -> None:
-        super().__init__()
-        self.a = nn.Conv3d(
-            dim_in, dim_inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0), bias=False
-        )
-        self.a_bn = batch_norm(dim_inner)
-        self.b = nn.Conv3d(
-            dim_inner,
-            dim_inner,
-            (1, 3, 3),
-            stride=(1, stride, stride),
-            padding=(0, 1, 1),
-            groups=num_groups,
-            bias=False,
-        )
-        self.b_bn = batch_norm(dim_inner)
-        self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
-        self.c_bn = batch_norm(dim_out)
-
-    def norms(self) -> list[nn.Module]:
-        return [self.a_bn, self.b_bn, self.c_bn]
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.a_bn(self.a(x)), inplace=True)
-        x = F.relu(self.b_bn(self.b(x)), inplace=True)
-        return self.c_bn(self.c(x))
-
-    def forward_add_relu(self, x: Tensor, residual: Tensor) -> Tensor:
-        """relu(forward(x) + residual), every conv fused with what follows it (folded norms only)."""
-        x = fused_ops.conv_relu(self.b, fused_ops.conv_relu(self.a, x))
-        return fused_ops.conv_add_relu(self.c, x, residual)
-
-
-class ResBlock(FusableBlock):
-    """Residual block: relu(shortcut(x) + branch2(x)); projection shortcut `branch1` when shapes change."""
-
-    def __init__(self, dim_in: int, dim_out: int, stride: int, branch2: nn.Module) -> None:
-        super().__init__()
-        self.has_projection = dim_in != dim_out or stride != 1
-        if self.has_projection:
-            self.branch1 = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
-            self.branch1_bn = batch_norm(dim_out)
-        self.branch2 = branch2
-
-    def norms(self) -> list[nn.Module]:
-        projection = [self.branch1_bn] if self.has_projection else []
-        branch2 = self.branch2.norms() if isinstance(self.branch2, Bottleneck) else [self.branch2]
-        return projection + branch2
-
-    def fused_convs(self) -> list[nn.Module]:
-        b = self.branch2
-        return [b.a, b.b, b.c] if isinstance(b, Bottleneck) else []  # the projection runs plain
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = self.branch1_bn(self.branch1(x)) if self.has_projection else x
-        if self.fused:
-            assert isinstance(self.branch2, Bottleneck)  # can_fuse() holds for folded Bottlenecks only
-            return self.branch2.forward_add_relu(x, shortcut)
-        return F.relu(shortcut + self.branch2(x), inplace=True)
 
 
 class NonLocal(nn.Module):
@@ -447,3 +375,266 @@ class ResNet3D(VideoModel):
     def logits(self, features: Tensor) -> Tensor | dict[str, Tensor]:
         """The classifier (`head.projection*`) applied to pooled features."""
         return self.head(features)
+
+
+# --------------------------------------------------------------------------- zoo entries
+
+_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/kinetics400/"
+# EPIC-KITCHENS-100 SlowFast release (epic-kitchens/epic-kitchens-slowfast README), direct-download form.
+_EPIC_URL = "https://www.dropbox.com/s/uxb6i2xkn91xqzi/SlowFast.pyth?dl=1"
+# MODEL_ZOO.md "Multigrid Training" (SSv2, Charades, Kinetics stepwise) and "AVA" (Kinetics-600 pre-training).
+_MULTIGRID_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/pyslowfast/model_zoo/multigrid/model_zoo/"
+_AVA_PRETRAIN_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/ava/pretrain/"
+# RESNET.NUM_BLOCK_TEMP_KERNEL of the R50 configs and the "R101_50_50" ones (R50's temporal kernels).
+_TEMP_KERNEL_50 = ((3, 3), (4, 4), (6, 6), (3, 3))
+
+
+def _slowfast(
+    name: str,
+    file: str,
+    *,
+    alpha: int,
+    fusion_kernel: int,
+    num_frames: int = 32,
+    url: str | None = None,
+    arch_options: Mapping[str, object] | None = None,
+    **spec_fields: Any,
+) -> ModelSpec:
+    """A SlowFast ResNet spec: tau=2, 256 test crop (unless given), beta_inv 8, fusion channel ratio 2."""
+    spec_fields = {"crop_size": 256, "short_side": 256, **spec_fields}
+    return ModelSpec(
+        name=name,
+        arch="slowfast",
+        num_frames=num_frames,
+        sampling_rate=2,
+        feature_dim=2304,
+        alpha=alpha,
+        zoo_url=url,
+        zoo_filename=file,
+        builder_kwargs={
+            "depth": 50,
+            "beta_inv": 8,
+            "fusion_conv_channel_ratio": 2,
+            "fusion_kernel": fusion_kernel,
+            **(arch_options or {}),
+        },
+        **spec_fields,
+    )
+
+
+def _resnet(
+    name: str, arch: str, file: str, num_frames: int, sampling_rate: int, **builder: object
+) -> ModelSpec:
+    """A Kinetics-400 single-pathway ResNet-50 spec (Slow, C2D, I3D)."""
+    return ModelSpec(
+        name=name,
+        arch=arch,
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        crop_size=256,
+        short_side=256,
+        feature_dim=2048,
+        zoo_url=_ZOO + file,
+        zoo_filename=file,
+        builder_kwargs={"depth": 50, **builder},
+    )
+
+
+def _register_defaults() -> None:
+    """The PySlowFast Kinetics-400 ResNets, the EPIC-KITCHENS SlowFast, and two tiny test models."""
+    register_model(
+        _slowfast(
+            "slowfast_r50",
+            "SLOWFAST_8x8_R50.pkl",
+            alpha=4,
+            fusion_kernel=7,
+            url=_ZOO + "SLOWFAST_8x8_R50.pkl",
+        )
+    )
+    register_model(
+        _slowfast(
+            "slowfast_r50_4x16",
+            "SLOWFAST_4x16_R50.pkl",
+            alpha=8,
+            fusion_kernel=5,
+            url=_ZOO + "SLOWFAST_4x16_R50.pkl",
+        )
+    )
+    # The R101 Kinetics-400 checkpoints were never published in MODEL_ZOO.md ("coming soon"): no URL.
+    register_model(
+        _slowfast(
+            "slowfast_r101_8x8",
+            "SLOWFAST_8x8_R101_101_101.pkl",
+            alpha=4,
+            fusion_kernel=5,
+            arch_options={"depth": 101, "num_block_temp_kernel": ((3, 3), (4, 4), (23, 23), (3, 3))},
+        )
+    )
+    register_model(
+        _slowfast(
+            "slowfast_r101_16x8",
+            "SLOWFAST_16x8_R101_50_50.pkl",
+            alpha=4,
+            fusion_kernel=5,
+            num_frames=64,
+            arch_options={"depth": 101, "num_block_temp_kernel": ((3, 3), (4, 4), (6, 6), (3, 3))},
+        )
+    )
+    register_model(
+        _slowfast(
+            "slowfast_r50_epic",
+            "SlowFast.pyth",
+            alpha=4,
+            fusion_kernel=7,
+            url=_EPIC_URL,
+            channel_order="bgr",
+            num_classes={"verb": 97, "noun": 300},
+            labels=None,
+        )
+    )
+    register_model(_resnet("slow_r50_8x8", "slow", "SLOWONLY_8x8_R50.pkl", 8, 8))
+    register_model(_resnet("slow_r50_4x16", "slow", "SLOWONLY_4x16_R50.pkl", 4, 16))
+    register_model(_resnet("c2d_r50", "c2d", "C2D_NOPOOL_8x8_R50.pkl", 8, 8))
+    register_model(_resnet("i3d_r50", "i3d", "I3D_8x8_R50.pkl", 8, 8))
+    register_model(
+        _resnet(
+            "i3d_nln_r50",
+            "i3d",
+            "I3D_NLN_8x8_R50.pkl",
+            8,
+            8,
+            nonlocal_location=(((),), ((1, 3),), ((1, 3, 5),), ((),)),
+            nonlocal_instantiation="softmax",
+        )
+    )
+
+    tiny = {"width_per_group": 4, "blocks": (1, 1, 1, 1)}
+    register_model(
+        ModelSpec(
+            name="slowfast_tiny",
+            arch="slowfast",
+            num_frames=8,
+            sampling_rate=1,
+            crop_size=64,
+            short_side=64,
+            feature_dim=144,  # slow 4*32 + fast max(1, 128 // 8)
+            alpha=4,
+            num_classes=10,
+            labels=None,
+            builder_kwargs={**tiny, "beta_inv": 8, "fusion_conv_channel_ratio": 2, "fusion_kernel": 5},
+        )
+    )
+    register_model(
+        ModelSpec(
+            name="slow_tiny",
+            arch="slow",
+            num_frames=4,
+            sampling_rate=2,
+            crop_size=64,
+            short_side=64,
+            feature_dim=128,
+            num_classes=10,
+            labels=None,
+            builder_kwargs=dict(tiny),
+        )
+    )
+
+
+def _register_dataset_zoo() -> None:
+    """SlowFast checkpoints of PySlowFast's zoo trained beyond Kinetics-400's 2019 release.
+
+    Settings from configs/SSv2, configs/Charades, configs/Kinetics/SLOWFAST_8x8_R50_stepwise*.yaml and
+    configs/AVA/c2 (whose CHECKPOINT_FILE_PATH takes the Kinetics-600 pre-training). SSv2 and Charades set
+    DATA.REVERSE_INPUT_CHANNEL (BGR input); the SSv2 and Kinetics multigrid configs test at 224, the
+    others at 256.
+    """
+    for dataset, classes, head_act in (("ssv2", 174, "softmax"), ("charades", 157, "sigmoid")):
+        for multigrid in (False, True):
+            file = "SLOWFAST_16x8_R50_multigrid.pkl" if multigrid else "SLOWFAST_16x8_R50.pkl"
+            crop = 224 if multigrid and dataset == "ssv2" else 256
+            folder = "SSv2" if dataset == "ssv2" else "Charades"
+            register_model(
+                _slowfast(
+                    f"slowfast_r50_16x8_{dataset}" + ("_multigrid" if multigrid else ""),
+                    file,
+                    alpha=4,
+                    fusion_kernel=7,
+                    num_frames=64,
+                    url=f"{_MULTIGRID_ZOO}{folder}/{file}",
+                    channel_order="bgr",
+                    num_classes=classes,
+                    labels=None,
+                    head_act=head_act,
+                    crop_size=crop,
+                    short_side=crop,
+                )
+            )
+    for multigrid in (False, True):
+        file = "SLOWFAST_8x8_R50_stepwise" + ("_multigrid" if multigrid else "") + ".pkl"
+        crop = 224 if multigrid else 256
+        register_model(
+            _slowfast(
+                "slowfast_r50_8x8_stepwise" + ("_multigrid" if multigrid else ""),
+                file,
+                alpha=4,
+                fusion_kernel=7,
+                url=f"{_MULTIGRID_ZOO}Kinetics/{file}",
+                crop_size=crop,
+                short_side=crop,
+            )
+        )
+    # Kinetics-600 SlowFast R101 + non-local (res4 blocks 6, 13, 20 of the slow pathway, dot product),
+    # R50 temporal kernels ("R101_50_50"), fusion kernel 5: the AVA configs' backbone at Kinetics strides.
+    k600_r101 = {
+        "depth": 101,
+        "num_block_temp_kernel": _TEMP_KERNEL_50,
+        "nonlocal_location": (((), ()), ((), ()), ((6, 13, 20), ()), ((), ())),
+        "nonlocal_instantiation": "dot_product",
+    }
+    for name, file, num_frames in (
+        ("slowfast_r101_nl_8x8_k600", "SLOWFAST_32x2_R101_50_50.pkl", 32),
+        ("slowfast_r101_nl_8x8_k600_v2_1", "SLOWFAST_32x2_R101_50_50_v2.1.pkl", 32),
+        ("slowfast_r101_nl_16x8_k600", "SLOWFAST_64x2_R101_50_50.pkl", 64),
+    ):
+        register_model(
+            _slowfast(
+                name,
+                file,
+                alpha=4,
+                fusion_kernel=5,
+                num_frames=num_frames,
+                url=_AVA_PRETRAIN_ZOO + file,
+                arch_options=k600_r101,
+                num_classes=600,
+                labels=None,
+            )
+        )
+
+
+# pytorchvideo's model zoo (URLs from pytorchvideo/models/hub/slowfast.py, v0.1.5); its checkpoints use
+# pytorchvideo's parameter names, renamed on loading (pipeline/checkpoint.py).
+_PYTORCHVIDEO_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/"
+
+
+def _register_pytorchvideo() -> None:
+    """Hub models of released feature sets: the SlowFast R101 8x8 of the Ego4D features."""
+    register_model(
+        _slowfast(
+            "slowfast_r101_pytorchvideo",
+            "SLOWFAST_8x8_R101.pyth",
+            alpha=4,
+            fusion_kernel=5,
+            url=_PYTORCHVIDEO_ZOO + "SLOWFAST_8x8_R101.pyth",
+            arch_options={"depth": 101, "num_block_temp_kernel": ((3, 3), (4, 4), (23, 23), (3, 3))},
+            feature_layers=("pool_7x7", "pool"),
+        )
+    )
+
+
+register_arch("slowfast", ResNet3D)
+register_arch("slow", ResNet3D)
+register_arch("c2d", ResNet3D)
+register_arch("i3d", ResNet3D)
+_register_defaults()
+_register_dataset_zoo()
+_register_pytorchvideo()

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.models.base import ClassifierHead, ClipShapeError, VideoModel, init_weights
-from pipeline.models.resnet3d import ResBlock, batch_norm
+from pipeline.models.layers import ResBlock, batch_norm, round_width
+from pipeline.models.registry import register_arch, register_model
 from pipeline.models.spec import ModelSpec
 
 # Per stage (res2..res5): base number of blocks before the depth factor.
@@ -42,18 +43,6 @@ class X3DConfig:
         if unknown:
             raise ValueError(f"arch 'x3d': unknown builder option(s) {unknown}; known: {sorted(known)}")
         return cls(**kwargs)
-
-
-def round_width(width: float, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
-    """Scale a channel count and round it to a multiple of `divisor` (never below 90% of the target)."""
-    if not multiplier:
-        return int(width)
-    width *= multiplier
-    min_width = min_width or divisor
-    out = max(min_width, int(width + divisor / 2) // divisor * divisor)
-    if out < 0.9 * width:
-        out += divisor
-    return int(out)
 
 
 def swish(x: Tensor) -> Tensor:
@@ -272,3 +261,45 @@ class X3D(VideoModel):
         if self.feature_layer == "conv_5":
             features = self.head.lin5(features)
         return self.head(features)
+
+
+# --------------------------------------------------------------------------- zoo entries
+
+_X3D_ZOO = "https://dl.fbaipublicfiles.com/pyslowfast/x3d_models/"
+
+
+def _x3d(
+    size: str, num_frames: int, sampling_rate: int, crop: int, train_crop: int, depth_factor: float
+) -> ModelSpec:
+    """A Kinetics-400 X3D spec; features from lin_5 (2048) by default, or conv_5 (432).
+
+    The head pools with PySlowFast's kernel (num_frames, ceil(train_crop / 32) x2), so the test crop
+    (larger) leaves several positions that lin_5 sees one by one.
+    """
+    file = f"x3d_{size}.pyth"
+    spatial_kernel = math.ceil(train_crop / 32)
+    return ModelSpec(
+        name=f"x3d_{size}",
+        arch="x3d",
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        crop_size=crop,
+        short_side=crop,
+        feature_dim=2048,
+        zoo_url=_X3D_ZOO + file,
+        zoo_filename=file,
+        feature_layers=("lin_5", "conv_5"),
+        builder_kwargs={
+            "width_factor": 2.0,
+            "depth_factor": depth_factor,
+            "bottleneck_factor": 2.25,
+            "head_pool": (num_frames, spatial_kernel, spatial_kernel),
+        },
+    )
+
+
+register_arch("x3d", X3D)
+register_model(_x3d("xs", 4, 12, 182, 160, 2.2))
+register_model(_x3d("s", 13, 6, 182, 160, 2.2))
+register_model(_x3d("m", 16, 5, 256, 224, 2.2))
+register_model(_x3d("l", 16, 5, 356, 312, 5.0))

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.mvit import (
+from pipeline.models.layers import round_width
+from pipeline.models.mvit_layers import (
     LayerPlan,
     Mlp,
     MultiScaleAttention,
@@ -21,7 +22,6 @@ from pipeline.models.mvit import (
     layer_norm,
     multipliers,
 )
-from pipeline.models.x3d import round_width
 
 
 class AttentionSubBlock(nn.Module):
