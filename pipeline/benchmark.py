@@ -42,6 +42,7 @@ import torch
 from pipeline.config import usable_cpus
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine, VideoJob
+from pipeline.errors import exit_status
 from pipeline.io import Frame, FrameSource, SourceInfo
 from pipeline.layer_profile import layer_profile, print_layer_profile
 from pipeline.models.base import VideoModel
@@ -1289,4 +1290,4 @@ def link_copy(source: Path, target: Path) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "python -m pipeline.benchmark"))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import describe_error
+from pipeline.errors import PipelineError, describe_error
 from pipeline.outputs import file_sha256
 
 __all__ = [
@@ -55,7 +55,7 @@ _SNIFF_MAX_BYTES = 16 << 20
 _LIST_LIMIT = 8
 
 
-class CheckpointError(Exception):
+class CheckpointError(PipelineError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
     def __init__(self, path: Path | str, reason: str) -> None:

@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from pipeline import __version__, naming, outputs
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ CHUNK_BYTES = 1 << 20  # target size of one HDF5 chunk
 BLOCK_BYTES = 64 << 20  # most bytes of one video held in memory while copying
 
 
-class ConsolidateError(ValueError):
+class ConsolidateError(PipelineError, ValueError):
     """The output dirs cannot be consolidated (no features, mixed settings, broken file...)."""
 
 

@@ -51,6 +51,7 @@ import numpy as np
 
 from pipeline import outputs
 from pipeline.consolidate import ConsolidateError, Scan, scan
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ OPENTAD_NOTE = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(PipelineError, ValueError):
     """The output dir cannot be exported (no videos, duplicate ids, multi-crop features...)."""
 
 

@@ -20,28 +20,13 @@ from omegaconf import DictConfig
 from pipeline import run
 from pipeline.assemble import as_object, output_dir_of
 from pipeline.callbacks import write_job_summary
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, ExtractConfig, Launcher, register_configs, validate
-from pipeline.errors import describe_error
-from pipeline.launch import LaunchError, launch_run
-from pipeline.outputs import OutputError
+from pipeline.config import ExtractConfig, Launcher, register_configs, validate
+from pipeline.errors import EXIT_BUG, EXIT_USER_ERROR, EXPECTED_ERRORS, describe_error
+from pipeline.launch import launch_run
 from pipeline.weights import WeightsError, download_command
 
 log = logging.getLogger("pipeline.extract")
 register_configs()
-
-# Errors a user can act on (config, input, checkpoint, weights, disk, launch): one line, exit status 2.
-# Anything else is a bug of ours: its whole traceback, exit status 3.
-EXPECTED_ERRORS = (
-    ConfigError,
-    run.RunError,
-    CheckpointError,
-    WeightsError,
-    OutputError,
-    LaunchError,
-    FileNotFoundError,
-    PermissionError,
-)
 
 
 def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
@@ -99,11 +84,11 @@ def main(cfg: DictConfig) -> int:
     try:
         status, report = extract(as_object(cfg), job_dir)
     except EXPECTED_ERRORS as caught:
-        error, status = describe_error(caught), 2
+        error, status = describe_error(caught), EXIT_USER_ERROR
         log.error("%s", error)
         log.debug("details", exc_info=True)
     except Exception as caught:  # a bug: the traceback goes to the console and the job's log
-        error, status = describe_error(caught), 3
+        error, status = describe_error(caught), EXIT_BUG
         log.exception("internal error (please report it with this traceback): %s", error)
     if multirun:
         write_job_summary(job_dir, {"status": status, "error": error, **report})

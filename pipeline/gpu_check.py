@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from pipeline.config import usable_cpus
-from pipeline.errors import describe_error
+from pipeline.errors import describe_error, exit_status
 
 log = logging.getLogger(__name__)
 
@@ -685,4 +685,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "python -m pipeline.gpu_check"))

@@ -28,13 +28,14 @@ import numpy as np
 
 from pipeline import naming, outputs
 from pipeline.consolidate import ConsolidateError, open_dataset, read_failed, scan, video_keys
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 MAX_PLOT_ROWS = 1500  # longer videos are subsampled evenly for the similarity matrix
 
 
-class InspectError(ValueError):
+class InspectError(PipelineError, ValueError):
     """The thing to inspect cannot be read (missing path, unknown video, no matplotlib)."""
 
 

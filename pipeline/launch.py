@@ -28,6 +28,7 @@ from submitit.core.utils import JobPaths, pickle_load
 
 from pipeline import naming
 from pipeline.config import CPU_SHARE_ENV, ExtractConfig, HardwareConfig, split_cpus, usable_cpus
+from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipeline.run import ShardSummary
@@ -46,7 +47,7 @@ WAITING_STATES = frozenset(["", *_WAITING.split()])
 """Slurm states of a job that may still run; anything else (and no result) is a failure."""
 
 
-class LaunchError(RuntimeError):
+class LaunchError(PipelineError, RuntimeError):
     """A launch that cannot go on (no sbatch, a rejected submission, failed shards): one clear line."""
 
 

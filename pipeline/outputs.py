@@ -32,6 +32,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline import naming
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ TEMP_MARK = ".tmp-"
 FOREIGN_TEMP_MAX_AGE_S = 3600.0
 
 
-class OutputError(OSError):
+class OutputError(PipelineError, OSError):
     """A write to the output dir failed (disk full, read-only): the run cannot usefully go on."""
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()  # "cannot write <file>: <why>", without "[Errno N]"
 
 
-class LockError(RuntimeError):
+class LockError(PipelineError, RuntimeError):
     """Another process holds this shard's lock."""
 
 

@@ -32,13 +32,14 @@ from pipeline.assemble import (
 )
 from pipeline.config import DataConfig, Device, ExtractConfig, ModelConfig, video_list_path
 from pipeline.engine import VideoJob, VideoResult
+from pipeline.errors import PipelineError
 from pipeline.inference import WeightsInfo
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
 
 log = logging.getLogger(__name__)
 
 
-class RunError(RuntimeError):
+class RunError(PipelineError, RuntimeError):
     """A run-level failure (bad list, lock held, disk full): the run stops with this one line."""
 
 

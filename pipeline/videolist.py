@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.naming import VIDEO_EXTENSIONS, has_video_extension, video_key
 from pipeline.outputs import atomic_write
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 HEADER = "path"
 
 
-class VideoListError(Exception):
+class VideoListError(PipelineError):
     """A problem with the whole list (unreadable, colliding entries): the run refuses to start."""
 
 

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.errors import PipelineError
 from pipeline.outputs import file_sha256
 
 __all__ = [
@@ -52,7 +53,7 @@ _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class WeightsError(Exception):
+class WeightsError(PipelineError):
     """Zoo weights that cannot be found or fetched."""
 
 

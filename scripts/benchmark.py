@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.benchmark import main
+from pipeline.errors import exit_status
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "scripts/benchmark.py"))

@@ -19,3 +19,60 @@ from pipeline.errors import describe_error
 def test_an_error_is_its_class_and_first_line(error, with_class, without_class):
     assert describe_error(error) == with_class
     assert describe_error(error, with_class=False) == without_class
+
+
+def test_every_error_a_user_can_act_on_shares_one_base():
+    """extract's one-line exit (status 2) catches PipelineError, so each of these reaches it as one line."""
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.consolidate import ConsolidateError
+    from pipeline.errors import EXPECTED_ERRORS, PipelineError
+    from pipeline.export import ExportError
+    from pipeline.inference import BatchMemoryError, DeviceError
+    from pipeline.inspect import InspectError
+    from pipeline.io import DecodeError
+    from pipeline.launch import LaunchError
+    from pipeline.outputs import LockError, OutputError
+    from pipeline.run import RunError
+    from pipeline.videolist import VideoListError
+    from pipeline.weights import ChecksumError, DownloadError, WeightsError, WeightsNotFoundError
+
+    for error in (
+        CheckpointError,
+        ConfigError,
+        ConsolidateError,
+        ExportError,
+        BatchMemoryError,
+        DeviceError,
+        InspectError,
+        DecodeError,
+        LaunchError,
+        LockError,
+        OutputError,
+        RunError,
+        VideoListError,
+        ChecksumError,
+        DownloadError,
+        WeightsError,
+        WeightsNotFoundError,
+    ):
+        assert issubclass(error, PipelineError), error
+        assert issubclass(error, EXPECTED_ERRORS)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_benchmark_on_a_missing_gpu_ends_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.benchmark", "--device", "cuda", "--seconds", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "hardware.device=cuda" in line]
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0]

@@ -15,6 +15,7 @@ from types import TracebackType
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.io.resample import TOLERANCE_S, resample
 
 __all__ = [
@@ -39,7 +40,7 @@ DEFAULT_FRAMES_PATTERN = "frame_{:010d}.jpg"
 DEFAULT_FRAMES_FPS = 30.0
 
 
-class DecodeError(Exception):
+class DecodeError(PipelineError):
     """A video or frame folder that cannot be read; the message is one line: `<path>: <cause>`."""
 
     def __init__(self, path: Path | str, cause: str) -> None:
