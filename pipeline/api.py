@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.assemble import as_object, build_engine, extraction_settings, setup_torch
 from pipeline.config import DataConfig, ExtractConfig, HardwareConfig, OutputConfig, validate
 from pipeline.engine import VideoJob, VideoResult
+from pipeline.inference import check_model_config
+from pipeline.weights import weights_info
 
 CONF_PACKAGE = "pipeline.conf"  # the top-level conf/, installed as this package (pyproject: package-dir)
 
@@ -48,7 +50,9 @@ class FeatureExtractor:
         self.config: ExtractConfig = as_object(cfg)
         validate(self.config)
         setup_torch(self.config.hardware)
-        self.engine, self.weights = build_engine(self.config)
+        check_model_config(self.config.model)
+        self.weights = weights_info(self.config.model)
+        self.engine = build_engine(self.config, self.weights)
         self.settings = extraction_settings(self.config, self.weights)
 
     def extract_many(self, paths: Iterable[str | Path]) -> Iterator[VideoResult]:

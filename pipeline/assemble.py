@@ -30,11 +30,12 @@ from pipeline.config import (
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine
 from pipeline.errors import describe_error
-from pipeline.inference import TorchClipModel, WeightsInfo, device_or_fail, load_model
+from pipeline.inference import TorchClipModel, device_or_fail, load_model
 from pipeline.memory import keep_freed_memory
 from pipeline.numerics import check_precision
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
+from pipeline.weights import WeightsInfo
 
 # --- configuration (pure) -----------------------------------------------------------------------
 
@@ -156,11 +157,11 @@ def setup_torch(hw: HardwareConfig) -> None:
     torch.set_num_threads(hw.threads or default_threads())
 
 
-def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
-    """Load the model and wire decoder, transform, windows and batching together."""
+def build_engine(cfg: ExtractConfig, weights: WeightsInfo) -> Engine:
+    """Load the model with the planned weights and wire decoder, transform, windows and batching together."""
     device = device_or_fail(cfg.hardware.device.value)
     check_precision(device, cfg.hardware.precision.value)  # before the model: bf16 on CPU needs native bf16
-    model, weights = load_model(cfg.model, need_head=cfg.output.logits, seed=cfg.seed)
+    model = load_model(cfg.model, weights, need_head=cfg.output.logits, seed=cfg.seed)
     hw, data = cfg.hardware, cfg.data
     clip_model = TorchClipModel(
         model,
@@ -197,4 +198,4 @@ def build_engine(cfg: ExtractConfig) -> tuple[Engine, WeightsInfo]:
         decode_backend=hw.decode_backend.value,
         decode_timeout=data.decode_timeout_s,
     )
-    return engine, weights
+    return engine

@@ -6,20 +6,18 @@ import copy
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.errors import describe_error
 from pipeline.models import fused
 from pipeline.models.registry import VideoModel, build_model, get_spec
 from pipeline.transforms import normalize_clips
+from pipeline.weights import WeightsInfo, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +36,6 @@ class BatchMemoryError(DeviceError):
     """A model call ran out of device memory; the message names hardware.batch_size and a smaller value."""
 
 
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where the weights came from; recorded in every output."""
-
-    path: str | None
-    sha256: str | None
-    random: bool
-    format: str | None = None
-
-    @property
-    def identity(self) -> str:
-        """What makes two runs' weights the same: the file hash, or the seed for random weights."""
-        return self.sha256 or "random"
-
-
 def check_model_config(model: ModelConfig) -> None:
     """ConfigError unless `model.name` is a registered model and `model.feature_layer` one of its layers."""
     try:
@@ -66,33 +49,15 @@ def check_model_config(model: ModelConfig) -> None:
         )
 
 
-def resolve_checkpoint(model: ModelConfig) -> Path | None:
-    """The checkpoint file for `model.checkpoint` (a path or `zoo`), or None for `random`.
-
-    Checks the model config first (`check_model_config`): every run resolves its checkpoint before it
-    builds anything.
-    """
+def load_model(model: ModelConfig, weights: WeightsInfo, *, need_head: bool, seed: int) -> VideoModel:
+    """Build the model in eval mode and fill its weights from the planned file; random weights (seeded)
+    only when the plan says so."""
     check_model_config(model)
-    if model.checkpoint == "random":
-        return None
-    if model.checkpoint == "zoo":
-        from pipeline.weights import resolve_zoo
-
-        return resolve_zoo(model.name)
-    return Path(model.checkpoint).expanduser().resolve()
-
-
-def load_model(model: ModelConfig, *, need_head: bool, seed: int) -> tuple[VideoModel, WeightsInfo]:
-    """Build the model in eval mode and fill its weights; random weights only when asked (seeded)."""
-    path = resolve_checkpoint(model)
     torch.manual_seed(seed)
     network = build_model(model.name, feature_layer=model.feature_layer)
-    if path is None:
-        info = WeightsInfo(None, None, True)
-    else:
-        report = ckpt.load_checkpoint(path, network, require_head=need_head)
-        info = WeightsInfo(str(path), report.sha256, False, report.format)
-    return network.eval(), info
+    if weights.path is not None:
+        load_checkpoint(weights.path, network, require_head=need_head)
+    return network.eval()
 
 
 def device_or_fail(name: str) -> torch.device:

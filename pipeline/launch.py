@@ -731,7 +731,7 @@ def shards_to_run(cfg: ExtractConfig, num_shards: int) -> tuple[list[int], list[
     todo: list[int] = []
     complete: list[ShardSummary] = []
     for shard in wanted:
-        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
+        _, entries, decisions, _, _ = plan_run(cfg, shard, num_shards)
         if any(decisions[e.key].run for e in entries if not e.error):
             todo.append(shard)
         else:

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,9 @@ from pipeline.assemble import (
 from pipeline.config import DataConfig, Device, ExtractConfig, ModelConfig, video_list_path
 from pipeline.engine import VideoJob, VideoResult
 from pipeline.errors import PipelineError
-from pipeline.inference import WeightsInfo
+from pipeline.inference import check_model_config
 from pipeline.videolist import VideoEntry, VideoListError, read_video_list
+from pipeline.weights import WeightsInfo, resolve_zoo, weights_info
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,8 @@ def prepare_demo(cfg: ExtractConfig) -> None:
 
 def resolve_zoo_checkpoint(model: ModelConfig) -> Path:
     """The cached zoo file of a model; FileNotFoundError (with the fetch command) when it is missing."""
-    from pipeline.inference import resolve_checkpoint
-
-    path = resolve_checkpoint(dataclasses_replace(model, checkpoint="zoo"))
-    assert path is not None
-    return path
+    check_model_config(model)
+    return resolve_zoo(model.name)
 
 
 def shard_entries_of(
@@ -83,7 +80,7 @@ def shard_entries_of(
 
 def plan_run(
     cfg: ExtractConfig, shard_index: int = 0, num_shards: int = 1
-) -> tuple[Path, list[VideoEntry], dict[str, outputs.ResumeDecision], dict[str, Any]]:
+) -> tuple[Path, list[VideoEntry], dict[str, outputs.ResumeDecision], dict[str, Any], WeightsInfo]:
     """What a run would do: output dir, this shard's entries and a resume decision per entry."""
     output_dir = output_dir_of(cfg)
     try:
@@ -96,12 +93,8 @@ def plan_run(
         entries = shard_entries_of(cfg, entries, shard_index, num_shards, output_dir)
     except outputs.OutputError as error:  # shards.json could not be written
         raise stopping(error) from error
-    from pipeline.inference import resolve_checkpoint
-
-    path = resolve_checkpoint(cfg.model)
-    weights = WeightsInfo(
-        str(path) if path else None, outputs.file_sha256(path) if path else None, path is None
-    )
+    check_model_config(cfg.model)
+    weights = weights_info(cfg.model)
     settings = extraction_settings(cfg, weights)
     latest, problems = outputs.latest_records(output_dir)
     for problem in problems:
@@ -118,7 +111,7 @@ def plan_run(
         )
         for e in entries
     }
-    return output_dir, entries, decisions, settings
+    return output_dir, entries, decisions, settings, weights
 
 
 def print_plan(cfg: ExtractConfig) -> int:
@@ -129,7 +122,7 @@ def print_plan(cfg: ExtractConfig) -> int:
     counts: dict[str, int] = {}
     shards = [cfg.hardware.shard_index] if cfg.hardware.shard_index is not None else range(num_shards)
     for shard in shards:
-        _, entries, decisions, _ = plan_run(cfg, shard, num_shards)
+        _, entries, decisions, _, _ = plan_run(cfg, shard, num_shards)
         print(f"shard {shard}/{num_shards}: {len(entries)} videos")
         for entry in entries:
             decision = decisions[entry.key]
@@ -193,7 +186,7 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
     """Extract one shard of the video list into the stable output dir, resuming from its manifests."""
     c = as_object(cfg)  # validated by the caller (pipeline.extract), its demo videos made
     setup_torch(c.hardware)
-    output_dir, entries, decisions, _ = plan_run(c, shard_index, num_shards)
+    output_dir, entries, decisions, settings, weights = plan_run(c, shard_index, num_shards)
     summary = ShardSummary(shard_index, num_shards)
     manifest = output_dir / naming.manifest_relpath(shard_index, num_shards)
     try:
@@ -205,13 +198,12 @@ def run_shard(cfg: DictConfig | ExtractConfig, shard_index: int = 0, num_shards:
     started = time.perf_counter()
     try:
         outputs.clean_stale_temps(output_dir)
-        engine, weights = build_engine(c)
+        engine = build_engine(c, weights)
         if weights.random:
             log.warning(
                 "RANDOM WEIGHTS: model.checkpoint=random -- these features are not meaningful; "
                 "every output records random_weights=true"
             )
-        settings = extraction_settings(c, weights)
         config_data = resolved_config(c)
         by_key = {e.key: e for e in entries}
         todo: list[VideoEntry] = []

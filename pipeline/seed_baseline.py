@@ -231,7 +231,7 @@ def load_model(
         return features_fn, spec
     if impl != "ours":
         raise ValueError(f"model impl must be one of {MODEL_IMPLS}, got {impl!r}")
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.weights import load_checkpoint
 
     ours = build_model(name)
     load_checkpoint(checkpoint, ours, require_head=False)

@@ -19,16 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import (
-    CheckpointError,
-    caffe2_to_pyslowfast,
-    is_head_key,
-    is_training_extra,
-    load_checkpoint,
-    read_state_dict,
-    sniff_format,
-    summarize_ignored,
-)
+from pipeline.weights import CheckpointError, is_head_key, load_checkpoint, read_state_dict, sniff_format
+from pipeline.weights.caffe2 import caffe2_to_pyslowfast
+from pipeline.weights.loading import is_training_extra, summarize_ignored
 
 # --------------------------------------------------------------------------- a tiny PySlowFast-named net
 
@@ -743,7 +736,7 @@ def test_ema_and_optimizer_extras_are_reported_in_one_line(
         {"epoch": 9, "model_state": model_state, "optimizer_state": optimizer, "cfg": "TRAIN: ..."}, path
     )
     model = TinyNet()
-    with caplog.at_level("INFO", logger="pipeline.checkpoint"):
+    with caplog.at_level("INFO", logger="pipeline.weights.loading"):
         report = load_checkpoint(path, model, require_head=True)
     assert_states_equal(model, tiny_state)  # the plain weights, not the EMA copy
     assert report.n_loaded == len(tiny_state)

@@ -23,7 +23,6 @@ def test_an_error_is_its_class_and_first_line(error, with_class, without_class):
 
 def test_every_error_a_user_can_act_on_shares_one_base():
     """extract's one-line exit (status 2) catches PipelineError, so each of these reaches it as one line."""
-    from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError
     from pipeline.consolidate import ConsolidateError
     from pipeline.errors import EXPECTED_ERRORS, PipelineError
@@ -35,7 +34,13 @@ def test_every_error_a_user_can_act_on_shares_one_base():
     from pipeline.outputs import LockError, OutputError
     from pipeline.run import RunError
     from pipeline.videolist import VideoListError
-    from pipeline.weights import ChecksumError, DownloadError, WeightsError, WeightsNotFoundError
+    from pipeline.weights import (
+        CheckpointError,
+        ChecksumError,
+        DownloadError,
+        WeightsError,
+        WeightsNotFoundError,
+    )
 
     for error in (
         CheckpointError,

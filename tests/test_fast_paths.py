@@ -26,6 +26,7 @@ from pipeline.models.base import VideoModel
 from pipeline.models.fused import FusableBlock
 from pipeline.models.registry import build_model, get_spec
 from pipeline.numerics import cpu_native_bf16
+from pipeline.weights import WeightsInfo
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
 CPU = torch.device("cpu")
@@ -230,7 +231,7 @@ def test_an_unusable_device_setting_is_a_config_error():
 def test_a_model_config_naming_nothing_registered_is_a_config_error(name, layer, message):
     config = ModelConfig(name=name, arch="slowfast", checkpoint="random", feature_layer=layer)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_model(config, need_head=False, seed=0)
+        load_model(config, WeightsInfo(None, None, True), need_head=False, seed=0)
 
 
 def test_batches_run_in_inference_mode():

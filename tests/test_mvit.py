@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import weights
 from pipeline.api import compose_config
-from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import ConfigError, validate
 from pipeline.inference import TorchClipModel
 from pipeline.models import ClipShapeError, build_model, get_spec, list_models
 from pipeline.models.mvit_layers import MViTConfig, layer_plans
 from pipeline.models.registry import native_input
 from pipeline.transforms import normalize_clips
+from pipeline.weights import CheckpointError, load_checkpoint
+from pipeline.weights import zoo as weights
 
 MVIT_MODELS = [name for name in list_models() if get_spec(name).arch == "mvit"]
 TINY = ["mvitv1_tiny", "mvitv2_tiny", "rev_mvit_tiny"]

@@ -14,10 +14,11 @@ from pipeline.api import compose_config
 from pipeline.assemble import as_object, build_engine, extraction_settings, output_dir_of
 from pipeline.config import ConfigError
 from pipeline.consolidate import ConsolidateError, consolidate
-from pipeline.inference import DeviceError, WeightsInfo
+from pipeline.inference import DeviceError
 from pipeline.outputs import read_manifest
 from pipeline.run import run_shard
 from pipeline.synth import write_video
+from pipeline.weights import WeightsInfo
 from tests.outputs_fixture import default_settings, make_output_dir
 
 RANDOM = WeightsInfo(None, None, True)
@@ -129,7 +130,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_start(tmp_path, monkeyp
     built = []
     monkeypatch.setattr("pipeline.assemble.load_model", lambda *a, **k: built.append(1))
     with pytest.raises(DeviceError) as refused:
-        build_engine(as_object(_cfg(tmp_path, "hardware.precision=bf16")))
+        build_engine(as_object(_cfg(tmp_path, "hardware.precision=bf16")), RANDOM)
     message = str(refused.value)
     assert isinstance(refused.value, ConfigError) and "\n" not in message
     assert message.startswith("hardware.precision=bf16: this CPU has no native bf16")
@@ -137,9 +138,9 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_start(tmp_path, monkeyp
 
 
 def test_bf16_on_a_cpu_with_native_bf16_autocasts(tmp_path, native_bf16):
-    engine, _ = build_engine(as_object(_cfg(tmp_path, "hardware.precision=bf16")))
+    engine = build_engine(as_object(_cfg(tmp_path, "hardware.precision=bf16")), RANDOM)
     assert engine.model.describe()["precision"] == "bf16"  # type: ignore[attr-defined]
-    fp32, _ = build_engine(as_object(_cfg(tmp_path)))
+    fp32 = build_engine(as_object(_cfg(tmp_path)), RANDOM)
     assert fp32.model.describe()["precision"] == "fp32"  # type: ignore[attr-defined]
 
 

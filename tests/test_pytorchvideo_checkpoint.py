@@ -12,16 +12,10 @@ from pytorchvideo_reference import pytorchvideo_hub
 from reference import randomize_, relative_error
 from torch import nn
 
-from pipeline.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    pytorchvideo_arch,
-    pytorchvideo_key_map,
-    pytorchvideo_temporal_pool,
-    read_state_dict,
-)
 from pipeline.models import build_model, get_spec
 from pipeline.models.resnet3d import window_average
+from pipeline.weights import CheckpointError, load_checkpoint, read_state_dict
+from pipeline.weights.pytorchvideo import pytorchvideo_arch, pytorchvideo_key_map, pytorchvideo_temporal_pool
 
 RTOL = 1e-4
 
@@ -248,7 +242,9 @@ def test_hub_model_equals_ours(
     report = load_checkpoint(path, ours, require_head=True)
     assert report.format == "pytorchvideo"
     assert not report.missing_head
-    filled = 4 if family == "x3d" else 0  # the identity BN on res2's first shortcut (see checkpoint.py)
+    filled = (
+        4 if family == "x3d" else 0
+    )  # the identity BN on res2's first shortcut (see pipeline/weights/pytorchvideo.py)
     assert report.n_loaded == len(their_state) + filled
 
     clips = torch.randn(2, 3, frames, 64, 64, generator=torch.Generator().manual_seed(4))

@@ -4,7 +4,7 @@ Usage: python pyslowfast_mvit_check.py /path/to/pyslowfast CASES_JSON  -> one JS
 CASES_JSON is a list of {"name", "config", "num_frames", "crop", "batch", "num_classes"} with optional
 "cfg" (their dotted cfg keys -> values) and "ours" (our builder options): their MViT is built from
 configs/<config>.yaml at that input size, given random weights, and loaded strictly into our model `name`
-(also through pipeline.checkpoint from a `.pyth` of their state_dict). Run in a subprocess
+(also through pipeline.weights from a `.pyth` of their state_dict). Run in a subprocess
 only: PySlowFast's optional dependencies are replaced by stand-in modules for the whole interpreter.
 """
 
@@ -67,8 +67,8 @@ def run_case(source: Path, case: dict[str, Any], seed: int) -> dict[str, Any]:
     from reference import relative_error  # type: ignore[import-not-found]
     from slowfast.models.video_model_builder import MViT as TheirMViT
 
-    from pipeline.checkpoint import load_checkpoint
     from pipeline.models import build_model
+    from pipeline.weights import load_checkpoint
 
     torch.manual_seed(seed)
     theirs = TheirMViT(their_cfg(source, case)).eval()
