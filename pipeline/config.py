@@ -310,7 +310,7 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
             else ("data.resize.crop", d.resize.crop, size),
         ]
         for key, got, allowed in checks:
-            if got != allowed:
+            if allowed is not None and got != allowed:
                 _fail(
                     key,
                     f"must be {allowed} for model {m.name}, whose position embeddings fix it (got {got})",

@@ -38,6 +38,8 @@ class VideoModel(nn.Module):
     spec: ModelSpec
     feature_layer: str
     feature_dim: int
+    # Parameter-name prefixes of the classifier: what strict loading may skip when logits are not asked for.
+    head_prefixes: tuple[str, ...] = ("head.projection",)
 
     def __init__(self, spec: ModelSpec, feature_layer: str | None = None) -> None:
         super().__init__()

@@ -67,12 +67,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def native_input(name: str) -> tuple[int, int, int] | None:
-    """(num_frames, sampling_rate, crop) a registered model is limited to, or None when it takes any."""
+def native_input(name: str) -> tuple[int, int | None, int] | None:
+    """(num_frames, sampling_rate, crop) a registered model is limited to, or None when it takes any;
+    sampling_rate None when only the frame count and the crop are fixed."""
     spec = _REGISTRY.get(name)
     if spec is None or not spec.native_input:
         return None
-    return spec.num_frames, spec.sampling_rate, spec.crop_size
+    return spec.num_frames, spec.sampling_rate if spec.native_rate else None, spec.crop_size
 
 
 def build_model(name: str, *, feature_layer: str | None = None, **overrides: object) -> VideoModel:

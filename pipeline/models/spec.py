@@ -32,6 +32,7 @@ class ModelSpec:
     head_act: str = "softmax"  # what PySlowFast applies to the logits: "softmax" | "sigmoid" (multi-label)
     builder_kwargs: Mapping = field(default_factory=dict)  # arch details (depth, beta_inv, ...)
     native_input: bool = False  # position embeddings fix T, tau and crop: other values are refused
+    native_rate: bool = True  # with native_input: tau is fixed too (False: only T and the crop, e.g. ViTs)
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):

@@ -24,7 +24,7 @@ from pipeline.weights.state import LIST_LIMIT, CheckpointError, CheckpointState,
 
 log = logging.getLogger(__name__)
 
-_HEAD_PREFIX = "head.projection"
+HEAD_PREFIXES = ("head.projection",)  # the classifier's parameters, unless a model names its own
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,13 @@ def read_state_dict(path: Path | str) -> CheckpointState:
     return convert_state(path, state, left)
 
 
-def is_head_key(key: str) -> bool:
-    """True for the classifier's keys (head.projection, head.projection_verb, ...), not X3D's lin_5."""
-    return key.startswith(_HEAD_PREFIX)
+def is_head_key(key: str, prefixes: tuple[str, ...] = HEAD_PREFIXES) -> bool:
+    """True for the classifier's keys (head.projection, head.projection_verb, ...), not X3D's lin_5.
+
+    A model whose classifier has other names says so in its `head_prefixes` (e.g. Inception-I3D's
+    `logits.`); `load_checkpoint` passes them here.
+    """
+    return key.startswith(prefixes)
 
 
 _TRAINING_EXTRA = re.compile(r"(?:^|_)ema(?:$|_)|^optim|^scaler|^(?:lr_)?sched", re.IGNORECASE)
@@ -126,6 +130,11 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
     fmt, state, ignored_blobs = checkpoint.format, checkpoint.state, checkpoint.ignored
     _check_arch(path, checkpoint, model)
     _check_requirements(path, checkpoint, model)
+    heads: tuple[str, ...] = tuple(getattr(model, "head_prefixes", HEAD_PREFIXES))
+
+    def is_head(key: str) -> bool:
+        return is_head_key(key, heads)
+
     model_state = model.state_dict()
     pad = fmt == "caffe2"
 
@@ -141,7 +150,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         if key not in model_state:
             if key.endswith("num_batches_tracked") or is_training_extra(key, model_modules):
                 ignored.append(key)
-            elif is_head_key(key) and not require_head:
+            elif is_head(key) and not require_head:
                 head_problem = True
             else:
                 unexpected.append(key)
@@ -149,7 +158,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         target = model_state[key]
         value = _fit_shape(value, target.shape, pad)
         if value.shape != target.shape:
-            if is_head_key(key) and not require_head:
+            if is_head(key) and not require_head:
                 head_problem = True
             else:
                 mismatched.append(
@@ -160,7 +169,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
     for key in model_state:
         if key in to_load or key in state or key.endswith("num_batches_tracked"):
             continue  # a key of the checkpoint that did not load is a shape mismatch (or a skipped head)
-        if is_head_key(key) and not require_head:
+        if is_head(key) and not require_head:
             head_problem = True
         else:
             missing.append(key)
@@ -179,17 +188,17 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         raise CheckpointError(path, f"does not fit {type(model).__name__}{hint}: " + "; ".join(parts))
 
     if head_problem:  # all or nothing: a partly loaded classifier is worse than none
-        skipped = sorted(k for k in to_load if is_head_key(k))
-        skipped += sorted(k for k in state if is_head_key(k) and k not in to_load)
+        skipped = sorted(k for k in to_load if is_head(k))
+        skipped += sorted(k for k in state if is_head(k) and k not in to_load)
         for key in skipped:
             to_load.pop(key, None)
         ignored.extend(dict.fromkeys(skipped))
-    has_head = any(is_head_key(k) for k in model_state)
-    missing_head = has_head and not any(is_head_key(k) for k in to_load)
+    has_head = any(is_head(k) for k in model_state)
+    missing_head = has_head and not any(is_head(k) for k in to_load)
 
     result = model.load_state_dict(to_load, strict=False)
     leftover = [
-        k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not is_head_key(k)
+        k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not is_head(k)
     ]
     if leftover or result.unexpected_keys:  # cannot happen after the checks above; never load partially
         raise CheckpointError(path, f"load_state_dict left {short_list(leftover + result.unexpected_keys)}")
@@ -202,7 +211,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         ignored=tuple(ignored),
         missing_head=missing_head,
     )
-    extras = [k for k in ignored if not k.endswith("num_batches_tracked") and not is_head_key(k)]
+    extras = [k for k in ignored if not k.endswith("num_batches_tracked") and not is_head(k)]
     log.info(
         "loaded %d tensors from %s (%s, sha256 %s)%s%s",
         report.n_loaded,
