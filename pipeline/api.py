@@ -50,7 +50,7 @@ class FeatureExtractor:
         self.config: ExtractConfig = as_object(cfg)
         validate(self.config)
         setup_torch(self.config.hardware)
-        check_model_config(self.config.model)
+        check_model_config(self.config.model, self.config.data)
         self.weights = weights_info(self.config.model)
         self.engine = build_engine(self.config, self.weights)
         self.settings = extraction_settings(self.config, self.weights)

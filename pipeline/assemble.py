@@ -23,16 +23,18 @@ from pipeline.config import (
     HardwareConfig,
     ResizeMode,
     Window,
-    decoder_threads,
-    default_threads,
-    usable_cpus,
 )
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine
 from pipeline.errors import describe_error
+from pipeline.hardware import (
+    check_precision,
+    decoder_threads,
+    default_threads,
+    keep_freed_memory,
+    usable_cpus,
+)
 from pipeline.inference import TorchClipModel, device_or_fail, load_model
-from pipeline.memory import keep_freed_memory
-from pipeline.numerics import check_precision
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 from pipeline.weights import WeightsInfo

@@ -39,10 +39,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from pipeline.config import usable_cpus
 from pipeline.decode_pool import SourceOpener
 from pipeline.engine import Engine, VideoJob
 from pipeline.errors import exit_status
+from pipeline.hardware import usable_cpus
 from pipeline.io import Frame, FrameSource, SourceInfo
 from pipeline.layer_profile import layer_profile, print_layer_profile
 from pipeline.models.base import VideoModel

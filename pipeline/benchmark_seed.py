@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.benchmark import MB, fidelity, generated_video, pss_bytes
-from pipeline.config import default_threads, usable_cpus
-from pipeline.numerics import CPUINFO, cpu_flags
+from pipeline.hardware import CPUINFO, cpu_flags, default_threads, usable_cpus
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ combinations of otherwise valid values fail in `validate`, also naming the key.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -298,23 +297,6 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("hardware.threads", f"must be >= 1 or null (got {h.threads})")
     if h.device is Device.cpu and h.precision is Precision.fp16:
         _fail("hardware.precision", "fp16 autocast is for GPUs; use fp32 (or bf16) on CPU")
-    from pipeline.models.registry import native_input  # lazy: the registry imports torch
-
-    if (native := native_input(m.name)) is not None:  # position embeddings fix T, tau and the crop
-        frames, rate, size = native
-        checks: list[tuple[str, object, object]] = [
-            ("data.num_frames", d.num_frames, frames),
-            ("data.sampling_rate", d.sampling_rate, rate),
-            ("data.resize.size", list(d.resize.size), [size, size])
-            if d.resize.mode is ResizeMode.square
-            else ("data.resize.crop", d.resize.crop, size),
-        ]
-        for key, got, allowed in checks:
-            if allowed is not None and got != allowed:
-                _fail(
-                    key,
-                    f"must be {allowed} for model {m.name}, whose position embeddings fix it (got {got})",
-                )
 
 
 def video_list_path(data: DataConfig) -> Path:
@@ -324,47 +306,3 @@ def video_list_path(data: DataConfig) -> Path:
         if data.video_list
         else Path(data.root).expanduser() / "video_list.csv"
     )
-
-
-CPU_SHARE_ENV = "PIPELINE_CPUS"  # set by the local launcher in each of its jobs: that job's share of CPUs
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its launcher's share (PIPELINE_CPUS, one local job of several),
-    Slurm's cpus_per_task when set, else the affinity mask."""
-    for name in (CPU_SHARE_ENV, "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """The model's thread count: an explicit OMP_NUM_THREADS, else `usable_cpus()`."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else usable_cpus()
-
-
-def split_cpus(cpu_ids: list[int], jobs: int) -> list[list[int]]:
-    """`cpu_ids` cut into `jobs` disjoint contiguous blocks of equal size (the remainder left unused);
-    with more jobs than CPUs, each job gets one CPU, shared round-robin."""
-    ids = sorted(cpu_ids)
-    if jobs < 1 or not ids:
-        raise ValueError(f"split_cpus: need >= 1 job and >= 1 CPU (got {jobs} jobs, {len(ids)} CPUs)")
-    share = len(ids) // jobs
-    if share == 0:
-        return [[ids[job % len(ids)]] for job in range(jobs)]
-    return [ids[job * share : (job + 1) * share] for job in range(jobs)]
-
-
-def decoder_threads(cpus: int, decode_workers: int) -> int:
-    """FFmpeg threads per decode worker so that all workers together use about `cpus` CPUs.
-
-    `decode_workers` 0 means one worker per CPU (as the engine reads it); FFmpeg's own default (0) would
-    give every worker threads for every CPU of the node.
-    """
-    workers = cpus if decode_workers <= 0 else min(decode_workers, cpus)
-    return max(1, cpus // max(1, workers))

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.config import usable_cpus  # unlike the model's threads, not limited by OMP_NUM_THREADS
 from pipeline.decode_pool import (
     DECODE_BACKENDS,
     START_METHODS,
@@ -31,6 +30,7 @@ from pipeline.decode_pool import (
     VideoJob,
     open_pool,
 )
+from pipeline.hardware import usable_cpus  # unlike the model's threads, not limited by OMP_NUM_THREADS
 from pipeline.io import FrameSource, SourceInfo
 from pipeline.sampling import WindowSpec
 

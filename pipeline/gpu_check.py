@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import usable_cpus
 from pipeline.errors import describe_error, exit_status
+from pipeline.hardware import usable_cpus
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.config import ConfigError, DataConfig, ModelConfig, ResizeMode
 from pipeline.errors import describe_error
+from pipeline.hardware import DeviceError
 from pipeline.models import fused
-from pipeline.models.registry import VideoModel, build_model, get_spec
+from pipeline.models.registry import VideoModel, build_model, get_spec, native_input
 from pipeline.transforms import normalize_clips
 from pipeline.weights import WeightsInfo, load_checkpoint
 
@@ -28,16 +29,14 @@ FUSED_BF16_TOLERANCE = 2e-2
 PROBE_SIZE = 64  # spatial size of the probe clip that finds conv -> batch norm pairs
 
 
-class DeviceError(ConfigError, RuntimeError):
-    """`hardware.device` or `hardware.precision` that this machine cannot run; the message names the key."""
-
-
 class BatchMemoryError(DeviceError):
     """A model call ran out of device memory; the message names hardware.batch_size and a smaller value."""
 
 
-def check_model_config(model: ModelConfig) -> None:
-    """ConfigError unless `model.name` is a registered model and `model.feature_layer` one of its layers."""
+def check_model_config(model: ModelConfig, data: DataConfig | None = None) -> None:
+    """ConfigError unless `model.name` is a registered model, `model.feature_layer` one of its layers and
+    (given the data config) the clip size one the model takes: a model whose position embeddings fix its
+    input refuses other frame counts, sampling rates or crops, naming the key."""
     try:
         spec = get_spec(model.name)
     except KeyError as error:
@@ -47,6 +46,23 @@ def check_model_config(model: ModelConfig) -> None:
             f"model.feature_layer: {model.feature_layer!r} is not a feature layer of {model.name}; "
             f"choose from {list(spec.feature_layers)}"
         )
+    native = native_input(model.name)
+    if data is None or native is None:
+        return
+    frames, rate, size = native
+    square = data.resize.mode is ResizeMode.square
+    checks: list[tuple[str, object, object]] = [
+        ("data.num_frames", data.num_frames, frames),
+        ("data.sampling_rate", data.sampling_rate, rate),
+        ("data.resize.size", list(data.resize.size), [size, size])
+        if square
+        else ("data.resize.crop", data.resize.crop, size),
+    ]
+    for key, got, allowed in checks:
+        if allowed is not None and got != allowed:
+            raise ConfigError(
+                f"{key}: must be {allowed} for model {model.name}, whose position embeddings fix it (got {got})"
+            )
 
 
 def load_model(model: ModelConfig, weights: WeightsInfo, *, need_head: bool, seed: int) -> VideoModel:

@@ -27,8 +27,9 @@ import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
 from pipeline import naming
-from pipeline.config import CPU_SHARE_ENV, ExtractConfig, HardwareConfig, split_cpus, usable_cpus
+from pipeline.config import ExtractConfig, HardwareConfig
 from pipeline.errors import PipelineError
+from pipeline.hardware import CPU_SHARE_ENV, split_cpus, usable_cpus
 
 if TYPE_CHECKING:
     from pipeline.run import ShardSummary

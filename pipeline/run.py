@@ -93,7 +93,7 @@ def plan_run(
         entries = shard_entries_of(cfg, entries, shard_index, num_shards, output_dir)
     except outputs.OutputError as error:  # shards.json could not be written
         raise stopping(error) from error
-    check_model_config(cfg.model)
+    check_model_config(cfg.model, cfg.data)
     weights = weights_info(cfg.model)
     settings = extraction_settings(cfg, weights)
     latest, problems = outputs.latest_records(output_dir)

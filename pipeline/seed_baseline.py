@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
 
-    from pipeline.config import default_threads
+    from pipeline.hardware import default_threads
 
     torch.set_num_threads(default_threads())  # the usable CPUs (unless OMP_NUM_THREADS says otherwise)
     features = extract_features(

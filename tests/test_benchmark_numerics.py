@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import benchmark, layer_profile, numerics
+from pipeline import benchmark, hardware, layer_profile
 from pipeline.inference import TorchClipModel
 from pipeline.models import fused
 from pipeline.models.registry import build_model
@@ -44,7 +44,7 @@ def test_stage_profile_covers_every_stage_with_its_flops():
 
 
 def test_bf16_is_compared_with_fp32_on_the_same_clips(tmp_path, monkeypatch):
-    monkeypatch.setattr(numerics, "cpu_native_bf16", lambda: "AMX-BF16")
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: "AMX-BF16")
     video = tmp_path / "v.mp4"
     write_video(video, seconds=1.0, size=(64, 48))
     settings = benchmark.Settings(

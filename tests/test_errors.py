@@ -27,7 +27,8 @@ def test_every_error_a_user_can_act_on_shares_one_base():
     from pipeline.consolidate import ConsolidateError
     from pipeline.errors import EXPECTED_ERRORS, PipelineError
     from pipeline.export import ExportError
-    from pipeline.inference import BatchMemoryError, DeviceError
+    from pipeline.hardware import DeviceError
+    from pipeline.inference import BatchMemoryError
     from pipeline.inspect import InspectError
     from pipeline.io import DecodeError
     from pipeline.launch import LaunchError

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ConfigError, ModelConfig
+from pipeline.hardware import cpu_native_bf16
 from pipeline.inference import (
     DeviceError,
     TorchClipModel,
@@ -25,7 +26,6 @@ from pipeline.models import fused
 from pipeline.models.base import VideoModel
 from pipeline.models.fused import FusableBlock
 from pipeline.models.registry import build_model, get_spec
-from pipeline.numerics import cpu_native_bf16
 from pipeline.weights import WeightsInfo
 
 MEAN, STD = [0.45] * 3, [0.225] * 3

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from pipeline import benchmark
 from pipeline.api import compose_config
 from pipeline.assemble import as_object
-from pipeline.config import CPU_SHARE_ENV, ConfigError, decoder_threads, split_cpus, usable_cpus
+from pipeline.config import ConfigError
+from pipeline.hardware import CPU_SHARE_ENV, decoder_threads, split_cpus, usable_cpus
 from pipeline.inference import (
     BatchMemoryError,
     DeviceError,

@@ -18,7 +18,8 @@ import pytest
 import submitit
 from submitit.core.utils import JobPaths, cloudpickle_dump
 
-from pipeline.config import HardwareConfig, usable_cpus
+from pipeline.config import HardwareConfig
+from pipeline.hardware import usable_cpus
 from pipeline.launch import (
     LaunchError,
     ShardOutcome,

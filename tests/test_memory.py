@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from pipeline.memory import keep_freed_memory
+    from pipeline.hardware import keep_freed_memory
 
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Conv3d(3, 48, 1), torch.nn.ReLU(), torch.nn.Conv3d(48, 48, 1)).eval()

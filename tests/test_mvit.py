@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pipeline.api import compose_config
+from pipeline.assemble import as_object
 from pipeline.config import ConfigError, validate
-from pipeline.inference import TorchClipModel
+from pipeline.inference import TorchClipModel, check_model_config
 from pipeline.models import ClipShapeError, build_model, get_spec, list_models
 from pipeline.models.mvit_layers import MViTConfig, layer_plans
 from pipeline.models.registry import native_input
@@ -139,17 +140,24 @@ def test_native_input_is_known_for_transformers_only() -> None:
 )
 def test_validation_refuses_other_inputs_naming_key_and_value(tmp_path, override, message) -> None:
     with pytest.raises(ConfigError) as error:
-        validate(compose_config("mvitv2_tiny", [f"data.root={tmp_path}", override]))
+        check_model_input(compose_config("mvitv2_tiny", [f"data.root={tmp_path}", override]))
     assert str(error.value).startswith(message)
 
 
 def test_validation_of_short_side_crop_and_the_native_defaults(tmp_path) -> None:
     base = [f"data.root={tmp_path}", "data.resize.mode=short_side"]
-    validate(compose_config("rev_mvit_tiny", base))
-    validate(compose_config("mvitv2_s_16x4", [f"data.root={tmp_path}"]))
+    check_model_input(compose_config("rev_mvit_tiny", base))
+    check_model_input(compose_config("mvitv2_s_16x4", [f"data.root={tmp_path}"]))
     with pytest.raises(ConfigError, match=r"^data.resize.crop: must be 32 for model rev_mvit_tiny"):
-        validate(compose_config("rev_mvit_tiny", [*base, "data.resize.crop=24"]))
-    validate(compose_config("slowfast_tiny", [f"data.root={tmp_path}", "data.num_frames=16"]))
+        check_model_input(compose_config("rev_mvit_tiny", [*base, "data.resize.crop=24"]))
+    check_model_input(compose_config("slowfast_tiny", [f"data.root={tmp_path}", "data.num_frames=16"]))
+
+
+def check_model_input(cfg) -> None:
+    """The start-up checks of a composed config: its values (validate), then model against data."""
+    validate(cfg)
+    typed = as_object(cfg)
+    check_model_config(typed.model, typed.data)
 
 
 def _caffe2_file(path: Path) -> Path:

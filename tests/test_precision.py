@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import numerics, outputs
+from pipeline import hardware, outputs
 from pipeline.api import compose_config
 from pipeline.assemble import as_object, build_engine, extraction_settings, output_dir_of
 from pipeline.config import ConfigError
 from pipeline.consolidate import ConsolidateError, consolidate
-from pipeline.inference import DeviceError
+from pipeline.hardware import DeviceError
 from pipeline.outputs import read_manifest
 from pipeline.run import run_shard
 from pipeline.synth import write_video
@@ -36,7 +36,7 @@ def videos(tmp_path_factory) -> Path:
 @pytest.fixture
 def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """This CPU counts as having native bf16 (bf16 autocast is only slower where it has none)."""
-    monkeypatch.setattr(numerics, "cpu_native_bf16", lambda: "AMX-BF16")
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: "AMX-BF16")
 
 
 def _cfg(root: Path, *extra: str):
@@ -126,7 +126,7 @@ def test_consolidation_refuses_real_runs_in_two_precisions(videos, tmp_path, nat
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(numerics, "cpu_native_bf16", lambda: None)
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: None)
     built = []
     monkeypatch.setattr("pipeline.assemble.load_model", lambda *a, **k: built.append(1))
     with pytest.raises(DeviceError) as refused:
@@ -145,9 +145,9 @@ def test_bf16_on_a_cpu_with_native_bf16_autocasts(tmp_path, native_bf16):
 
 
 def test_fp32_never_asks_for_bf16(tmp_path, monkeypatch):
-    monkeypatch.setattr(numerics, "cpu_native_bf16", lambda: pytest.fail("fp32 must not probe"))
-    numerics.check_precision(torch.device("cpu"), "fp32")
-    numerics.check_precision(torch.device("cuda"), "bf16")  # GPUs are inference.py's to check
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: pytest.fail("fp32 must not probe"))
+    hardware.check_precision(torch.device("cpu"), "fp32")
+    hardware.check_precision(torch.device("cuda"), "bf16")  # GPUs are inference.py's to check
 
 
 @pytest.mark.parametrize(
@@ -168,5 +168,5 @@ def test_native_bf16_detection(monkeypatch, tmp_path, amx, avx512, flags, expect
             monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(numerics, "CPUINFO", cpuinfo)
-    assert numerics.cpu_native_bf16() == expected
+    monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
+    assert hardware.cpu_native_bf16() == expected

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import usable_cpus
 from pipeline.engine import Engine, VideoJob
+from pipeline.hardware import usable_cpus
 from pipeline.inference import TorchClipModel
 from pipeline.io import Frame, SourceInfo
 from pipeline.models.registry import build_model

@@ -197,9 +197,7 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
     missing_head = has_head and not any(is_head(k) for k in to_load)
 
     result = model.load_state_dict(to_load, strict=False)
-    leftover = [
-        k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not is_head(k)
-    ]
+    leftover = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not is_head(k)]
     if leftover or result.unexpected_keys:  # cannot happen after the checks above; never load partially
         raise CheckpointError(path, f"load_state_dict left {short_list(leftover + result.unexpected_keys)}")
 
