@@ -157,10 +157,6 @@ def attribute_value(value: Any) -> Any:
 # --- scanning -----------------------------------------------------------------------------------
 
 
-def _outcome(record: Mapping[str, Any]) -> str:
-    return str(record.get("outcome") or record["status"])
-
-
 def _check_video(sidecar_path: Path, sidecar: Mapping[str, Any], output_dir: Path) -> VideoEntry:
     """Check one sidecar and its .npy (header, size, rows, timestamps); ConsolidateError names the file."""
     for name in ("key", "settings", "timestamps"):
@@ -262,12 +258,14 @@ def scan(output_dirs: Sequence[Path], *, strict: bool = True) -> Scan:
                 if not isinstance(sidecar, dict) or "key" not in sidecar:
                     raise ConsolidateError(f"{sidecar_path}: not a feature sidecar (no 'key')")
                 record = latest.get(str(sidecar["key"]))
-                if record is not None and _outcome(record) != "ok":
-                    log.info("skipping %s: the video's newest record is %s", sidecar_path, _outcome(record))
+                if record is not None and record.final_outcome != outputs.OK:
+                    log.info(
+                        "skipping %s: the video's newest record is %s", sidecar_path, record.final_outcome
+                    )
                     continue
                 relative = naming.feature_of_sidecar(sidecar_path.relative_to(output_dir).as_posix())
-                if record is not None and record.get("output") and record["output"] != relative:
-                    log.info("skipping %s: superseded by %s", sidecar_path, record["output"])
+                if record is not None and record.output and record.output != relative:
+                    log.info("skipping %s: superseded by %s", sidecar_path, record.output)
                     continue
                 entry = _check_video(sidecar_path, sidecar, output_dir)
                 _check_key(entry.key, seen, sidecar_path)
@@ -291,14 +289,10 @@ def scan(output_dirs: Sequence[Path], *, strict: bool = True) -> Scan:
             result.videos.append(entry)
         present = {v.key for v in result.videos if v.output_dir == output_dir}
         for key, record in sorted(latest.items()):
-            if _outcome(record) == "failed":
-                result.failed.append(
-                    FailedVideo(key, str(record.get("path")), str(record.get("error")), str(output_dir))
-                )
-            elif _outcome(record) == "ok" and key not in present:
-                log.warning(
-                    "%s: manifest says %r is done but %s is missing", output_dir, key, record.get("output")
-                )
+            if record.final_outcome == outputs.FAILED:
+                result.failed.append(FailedVideo(key, str(record.path), str(record.error), str(output_dir)))
+            elif record.final_outcome == outputs.OK and key not in present:
+                log.warning("%s: manifest says %r is done but %s is missing", output_dir, key, record.output)
     return result
 
 

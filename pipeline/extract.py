@@ -18,11 +18,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import run
-from pipeline.assemble import as_object, output_dir_of
+from pipeline.assemble import as_object
 from pipeline.callbacks import write_job_summary
 from pipeline.config import ExtractConfig, Launcher, register_configs, validate
 from pipeline.errors import EXIT_BUG, EXIT_USER_ERROR, EXPECTED_ERRORS, describe_error
-from pipeline.launch import launch_run
 from pipeline.weights import WeightsError, download_command
 
 log = logging.getLogger("pipeline.extract")
@@ -50,26 +49,21 @@ def demo_weights(cfg: ExtractConfig) -> ExtractConfig:
 def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
     """Run the configured extraction; returns the exit status (0 ok, 1 a video failed) and the run's totals."""
     run.prepare_demo(cfg)
-    validate(cfg)  # the one validation: shards and jobs trust it
+    validate(cfg)  # the one validation of the values: the plan and the shards trust it
     cfg = demo_weights(cfg)
+    plan = run.plan_run(cfg)  # once: the list, shards, resume decisions, settings, weights
     if cfg.dry_run:
-        return run.print_plan(cfg), {}
-    output_dir = output_dir_of(cfg)
+        return run.print_plan(plan), {}
     if cfg.hardware.launcher is Launcher.inprocess:
-        shards = (
-            [cfg.hardware.shard_index]
-            if cfg.hardware.shard_index is not None
-            else range(cfg.hardware.num_shards)
-        )
-        summaries = [run.run_shard(cfg, i, cfg.hardware.num_shards) for i in shards]
+        summaries = [run.run_shard(shard) for shard in plan.shards]
     else:
-        launched = launch_run(cfg, output_dir)
+        launched = run.launch_run(plan)
         if launched is None:  # submitted without waiting (hardware.wait=false)
-            return 0, {"output_dir": str(output_dir), "submitted": True}
+            return 0, {"output_dir": str(plan.output_dir), "submitted": True}
         summaries = launched
     complete = cfg.hardware.shard_index is None
-    h5 = run.consolidate_outputs(cfg, output_dir) if cfg.output.hdf5 and complete else None
-    report = run.finish_run(cfg, output_dir, summaries, hydra_dir, h5)
+    h5 = run.consolidate_outputs(plan.cfg, plan.output_dir) if cfg.output.hdf5 and complete else None
+    report = run.finish_run(plan.cfg, plan.output_dir, summaries, hydra_dir, h5)
     return (1 if report["totals"]["failed"] else 0), report
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,13 @@ def fill_filesystem(folder: Path, leave: int) -> Path:
     ballast = folder / "ballast"
     ballast.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
     return ballast
+
+
+def run_config(cfg: Any) -> Any:
+    """Plan a run from a config (DictConfig or ExtractConfig) and run its one shard in this process, as
+    `python -m pipeline.extract` does for hardware=cpu; returns the shard's summary."""
+    from pipeline.assemble import as_object
+    from pipeline.run import plan_run, run_shard
+
+    (shard,) = plan_run(as_object(cfg)).shards
+    return run_shard(shard)

@@ -17,10 +17,11 @@ from hydra.core.global_hydra import GlobalHydra
 from pipeline.api import CONF_PACKAGE
 from pipeline.assemble import as_object
 from pipeline.config import DataConfig, register_configs, validate
-from pipeline.run import recipe_fps_note, run_shard
+from pipeline.run import recipe_fps_note
 from pipeline.sampling import WindowSpec, clip_windows
 from pipeline.synth import write_video
 from pipeline.transforms import FrameTransform, crop_offsets, normalize_clips
+from tests.helpers import run_config
 
 
 def compose_app(*overrides: str):
@@ -151,7 +152,7 @@ def test_run_boundary_rows_timestamps_and_one_fps_note(tmp_path: Path, caplog) -
     )
     validate(cfg)
     caplog.set_level(logging.INFO, logger="pipeline.run")
-    summary = run_shard(cfg)
+    summary = run_config(cfg)
     assert (summary.ok, summary.failed) == (5, 0)
     spec = WindowSpec(32, 1, 16, "sliding", "shift")
     for name, n in (("grid", 96), ("off", 100), ("short", 20), ("pal_a", 59)):

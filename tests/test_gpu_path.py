@@ -29,8 +29,9 @@ from pipeline.inference import (
 from pipeline.launch import ShardTask
 from pipeline.models.registry import build_model
 from pipeline.models.resnet3d import NonLocal
-from pipeline.run import environment_record, finish_run, run_shard
+from pipeline.run import environment_record, finish_run
 from pipeline.synth import write_video
+from tests.helpers import run_config
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
 CPU = torch.device("cpu")
@@ -251,7 +252,7 @@ def test_a_cpu_run_and_its_record_make_no_cuda_call(monkeypatch: pytest.MonkeyPa
         )
     )
     forbid_cuda(monkeypatch)
-    summary = run_shard(cfg)
+    summary = run_config(cfg)
     assert summary.ok == 1
     finish_run(cfg, out, [summary], None, None)
     (record_file,) = (out / "runs").glob("*.json")

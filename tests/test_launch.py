@@ -26,8 +26,8 @@ from pipeline.launch import (
     ShardProgress,
     ShardTask,
     WaitOptions,
-    _expand_ids,
     collect_outcome,
+    expand_ids,
     launch_shards,
     local_gpus,
     local_slots,
@@ -334,9 +334,9 @@ def test_slurm_states_merges_squeue_and_sacct(tmp_path: Path, monkeypatch: pytes
 
 
 def test_expand_ids() -> None:
-    assert _expand_ids("12_[3-5%2]") == ["12_3", "12_4", "12_5"]
-    assert _expand_ids("12_7") == ["12_7"]
-    assert _expand_ids("13") == ["13"]
+    assert expand_ids("12_[3-5%2]") == ["12_3", "12_4", "12_5"]
+    assert expand_ids("12_7") == ["12_7"]
+    assert expand_ids("13") == ["13"]
 
 
 # --- small pieces ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -110,7 +111,7 @@ def test_latest_record_wins_across_shards(tmp_path):
         m1, {"key": "a", "path": "a", "status": "skipped", "outcome": "ok", "time": "2026-01-02T00:00:00"}
     )
     latest, _ = outputs.latest_records(tmp_path)
-    assert latest["a"]["status"] == "skipped"
+    assert latest["a"].status == "skipped"
 
 
 def _ok_record(tmp_path, settings):
@@ -130,7 +131,7 @@ def _ok_record(tmp_path, settings):
 
 def test_resume_decisions(tmp_path):
     settings = {"model": "m", "stride": 8}
-    record = _ok_record(tmp_path, settings)
+    record = outputs.ManifestRecord.from_json(_ok_record(tmp_path, settings))
     decide = outputs.decide_resume
     assert decide(None, tmp_path, settings, overwrite=False, retry_failed=True).reason == "new"
     done = decide(record, tmp_path, settings, overwrite=False, retry_failed=True)
@@ -138,7 +139,7 @@ def test_resume_decisions(tmp_path):
     assert decide(record, tmp_path, settings, overwrite=True, retry_failed=True).run
     changed = decide(record, tmp_path, {"model": "m", "stride": 4}, overwrite=False, retry_failed=True)
     assert changed.run and "stride" in changed.reason
-    failed = {**record, "status": "failed", "outcome": "failed", "error": "boom"}
+    failed = dataclasses.replace(record, status="failed", outcome="failed", error="boom")
     assert decide(failed, tmp_path, settings, overwrite=False, retry_failed=True).run
     assert not decide(failed, tmp_path, settings, overwrite=False, retry_failed=False).run
     # a file that differs from its record (e.g. replaced or truncated) is recomputed
@@ -202,7 +203,7 @@ def _short_write_like_numpy(f):
 def test_numpy_short_write_on_a_full_disk_is_one_line_naming_space_and_file(tmp_path, monkeypatch):
     target = tmp_path / "features" / "a_32.npy"
     outputs.save_array(target, np.ones(3))
-    monkeypatch.setattr(outputs, "_free_bytes", lambda directory: 0)  # the filesystem is full
+    monkeypatch.setattr(outputs.atomic, "_free_bytes", lambda directory: 0)  # the filesystem is full
     with pytest.raises(outputs.OutputError) as caught:
         outputs.atomic_write(target, _short_write_like_numpy)
     assert caught.value.errno == errno.ENOSPC

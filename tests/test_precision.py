@@ -16,9 +16,9 @@ from pipeline.config import ConfigError
 from pipeline.consolidate import ConsolidateError, consolidate
 from pipeline.hardware import DeviceError
 from pipeline.outputs import read_manifest
-from pipeline.run import run_shard
 from pipeline.synth import write_video
 from pipeline.weights import WeightsInfo
+from tests.helpers import run_config
 from tests.outputs_fixture import default_settings, make_output_dir
 
 RANDOM = WeightsInfo(None, None, True)
@@ -63,17 +63,17 @@ def test_precision_is_an_extraction_setting_and_shows_in_the_dir_name(tmp_path: 
 
 def test_the_same_output_dir_across_precisions_is_recomputed(videos, tmp_path, caplog, native_bf16):
     out = tmp_path / "out"
-    first = run_shard(_cfg(videos, f"output_dir={out}"))
+    first = run_config(_cfg(videos, f"output_dir={out}"))
     assert (first.ok, first.skipped) == (3, 0)
     caplog.set_level("INFO", logger="pipeline.run")
     caplog.clear()
-    bf16 = run_shard(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16"))
+    bf16 = run_config(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16"))
     assert (bf16.ok, bf16.skipped) == (3, 0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recomputing")]
     assert lines == ["recomputing 3 videos (first v0.mp4): settings changed: precision ('fp32' -> 'bf16')"]
-    again = run_shard(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16"))
+    again = run_config(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16"))
     assert (again.ok, again.skipped) == (0, 3)
-    back = run_shard(_cfg(videos, f"output_dir={out}"))
+    back = run_config(_cfg(videos, f"output_dir={out}"))
     assert (back.ok, back.skipped) == (3, 0)
     records, problems = read_manifest(out / "manifests" / "shard-0-of-1.jsonl")
     assert not problems and [r["settings"]["precision"] for r in records[-3:]] == ["fp32"] * 3
@@ -96,13 +96,13 @@ def _strip_precision(out: Path) -> None:
 
 def test_work_from_before_precision_was_recorded_is_judged_by_its_config(videos, tmp_path, native_bf16):
     out = tmp_path / "out"
-    assert run_shard(_cfg(videos, f"output_dir={out}")).ok == 3
+    assert run_config(_cfg(videos, f"output_dir={out}")).ok == 3
     _strip_precision(out)
-    kept = run_shard(_cfg(videos, f"output_dir={out}"))
+    kept = run_config(_cfg(videos, f"output_dir={out}"))
     assert (kept.ok, kept.skipped) == (0, 3)  # its sidecars' config says fp32: nothing is lost
     assert consolidate([out], out / "features.h5").is_file()  # old and new records agree
     _strip_precision(out)
-    assert run_shard(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16")).ok == 3
+    assert run_config(_cfg(videos, f"output_dir={out}", "hardware.precision=bf16")).ok == 3
 
 
 def test_consolidation_refuses_mixed_precisions(tmp_path: Path) -> None:
@@ -118,9 +118,9 @@ def test_consolidation_refuses_real_runs_in_two_precisions(videos, tmp_path, nat
     (tmp_path / "first.csv").write_text("v0.mp4\nv1.mp4\n")
     (tmp_path / "second.csv").write_text("v2.mp4\n")
     fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
-    assert run_shard(_cfg(videos, f"output_dir={fp32}", f"data.video_list={tmp_path / 'first.csv'}")).ok == 2
+    assert run_config(_cfg(videos, f"output_dir={fp32}", f"data.video_list={tmp_path / 'first.csv'}")).ok == 2
     second = [f"output_dir={bf16}", f"data.video_list={tmp_path / 'second.csv'}", "hardware.precision=bf16"]
-    assert run_shard(_cfg(videos, *second)).ok == 1
+    assert run_config(_cfg(videos, *second)).ok == 1
     with pytest.raises(ConsolidateError, match=r"precision \('fp32' vs 'bf16'\)"):
         consolidate([fp32, bf16], tmp_path / "both.h5")
 

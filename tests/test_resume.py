@@ -17,9 +17,9 @@ import pytest
 from pipeline import outputs
 from pipeline.api import compose_config
 from pipeline.outputs import ShardLock, file_sha256, read_manifest
-from pipeline.run import RunError, run_shard
+from pipeline.run import RunError, results
 from pipeline.synth import write_video
-from tests.helpers import fill_filesystem, run_extract, small_filesystem
+from tests.helpers import fill_filesystem, run_config, run_extract, small_filesystem
 
 BASE = (
     "model=slowfast_tiny",
@@ -105,14 +105,14 @@ def _cfg(root: Path, out: Path, *extra: str):
 
 def test_changed_settings_overwrite_and_retry_rules(many_videos, tmp_path, caplog):
     out = tmp_path / "out"
-    first = run_shard(_cfg(many_videos, out))
+    first = run_config(_cfg(many_videos, out))
     assert (first.ok, first.skipped) == (6, 0)
-    again = run_shard(_cfg(many_videos, out))
+    again = run_config(_cfg(many_videos, out))
     assert (again.ok, again.skipped) == (0, 6)
     caplog.set_level("INFO")
-    changed = run_shard(_cfg(many_videos, out, "data.pad=edge"))
+    changed = run_config(_cfg(many_videos, out, "data.pad=edge"))
     assert changed.ok == 6 and "settings changed: pad" in caplog.text
-    forced = run_shard(_cfg(many_videos, out, "data.pad=edge", "output.overwrite=true"))
+    forced = run_config(_cfg(many_videos, out, "data.pad=edge", "output.overwrite=true"))
     assert forced.ok == 6
 
 
@@ -122,10 +122,10 @@ def test_failed_videos_retried_unless_told_not_to(tmp_path):
     (root / "bad.mp4").write_bytes(b"garbage")
     (root / "video_list.csv").write_text("good.mp4\nbad.mp4\n")
     out = tmp_path / "out"
-    assert run_shard(_cfg(root, out)).failed == 1
-    retried = run_shard(_cfg(root, out))
+    assert run_config(_cfg(root, out)).failed == 1
+    retried = run_config(_cfg(root, out))
     assert (retried.failed, retried.skipped) == (1, 1)
-    no_retry = run_shard(_cfg(root, out, "output.retry_failed=false"))
+    no_retry = run_config(_cfg(root, out, "output.retry_failed=false"))
     assert (no_retry.failed, no_retry.skipped) == (0, 2)
     last = manifest_of(out)[-1]
     assert last["key"] == "bad" and last["status"] == "skipped" and last["outcome"] == "failed"
@@ -133,23 +133,23 @@ def test_failed_videos_retried_unless_told_not_to(tmp_path):
 
 def test_corrupt_manifest_line_is_reported_and_that_video_recomputed(many_videos, tmp_path, caplog):
     out = tmp_path / "out"
-    run_shard(_cfg(many_videos, out))
+    run_config(_cfg(many_videos, out))
     manifest = out / "manifests" / "shard-0-of-1.jsonl"
     lines = manifest.read_text().splitlines()
     lines[2] = lines[2][:40]  # a torn line (v2's record)
     manifest.write_text("\n".join(lines) + "\n")
     caplog.set_level("INFO")
-    summary = run_shard(_cfg(many_videos, out))
+    summary = run_config(_cfg(many_videos, out))
     assert f"{manifest} line 3" in caplog.text
     assert (summary.ok, summary.skipped) == (1, 5)
 
 
 def test_stale_temp_files_are_cleaned_and_never_count(many_videos, tmp_path):
     out = tmp_path / "out"
-    run_shard(_cfg(many_videos, out))
+    run_config(_cfg(many_videos, out))
     stale = out / "features" / ".v9_8.npy.tmp-abc123"
     stale.write_bytes(b"half a file")
-    summary = run_shard(_cfg(many_videos, out))
+    summary = run_config(_cfg(many_videos, out))
     assert summary.skipped == 6 and not stale.exists()
 
 
@@ -173,14 +173,14 @@ def test_disk_full_fails_the_video_stops_the_run_and_a_rerun_continues(many_vide
             raise outputs.OutputError(errno.ENOSPC, f"cannot write {path}: No space left on device")
         real_save(path, array)
 
-    monkeypatch.setattr(outputs, "save_array", full_disk)
+    monkeypatch.setattr(results, "save_array", full_disk)  # the writer of results
     with pytest.raises(RunError, match="No space left on device.*rerun"):
-        run_shard(_cfg(many_videos, out))
+        run_config(_cfg(many_videos, out))
     ok = [r for r in manifest_of(out) if r["status"] == "ok"]
     assert len(ok) == 2
     assert len(list((out / "features").glob("*.npy"))) == 2  # nothing partial
-    monkeypatch.setattr(outputs, "save_array", real_save)
-    summary = run_shard(_cfg(many_videos, out))
+    monkeypatch.setattr(results, "save_array", real_save)
+    summary = run_config(_cfg(many_videos, out))
     assert (summary.ok, summary.skipped) == (4, 2)
 
 
@@ -213,7 +213,7 @@ def test_disk_full_on_a_real_filesystem_prints_one_line_and_a_rerun_completes(ma
 
 def test_dry_run_prints_the_plan_and_runs_nothing(many_videos, tmp_path):
     out = tmp_path / "out"
-    run_shard(_cfg(many_videos, out))
+    run_config(_cfg(many_videos, out))
     (out / "features" / "v1_8.npy").unlink()
     done = run_extract(tmp_path, *BASE, f"data.root={many_videos}", f"output_dir={out}", "dry_run=true")
     assert done.returncode == 0, done.stderr
