@@ -24,7 +24,7 @@ from pipeline.config import (
     ResizeMode,
     Window,
 )
-from pipeline.decode_pool import SourceOpener
+from pipeline.decode import SourceOpener
 from pipeline.engine import Engine
 from pipeline.errors import describe_error
 from pipeline.hardware import (

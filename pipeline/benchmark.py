@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from pipeline.decode_pool import SourceOpener
+from pipeline.decode import SourceOpener
 from pipeline.engine import Engine, VideoJob
 from pipeline.errors import exit_status
 from pipeline.hardware import usable_cpus

@@ -1,7 +1,7 @@
 """The streaming engine: clips of many videos batched through one model, rows reassembled per video.
 
 `Engine.run(jobs)` yields one `VideoResult` per video as soon as its last row is back; clips of several
-videos share a batch. The decoding happens in a `pipeline.decode_pool` pool that lives for the whole
+videos share a batch. The decoding happens in a `pipeline.decode` pool that lives for the whole
 run; the model runs in the calling thread. Memory is bounded by the pool's slots (about `queue_size`
 clips in all), never by video length. Nothing here knows of Hydra or output files.
 """
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.decode_pool import (
+from pipeline.decode import (
     DECODE_BACKENDS,
     START_METHODS,
     DecodedClip,

@@ -577,7 +577,7 @@ def check_benchmark(opts: Options, budget: Budget) -> dict[str, Any]:
 def check_decode_plan(opts: Options, benchmark: dict[str, Any]) -> dict[str, Any]:
     """Per model: decode workers (1 CPU, 1 FFmpeg thread each) that keep it busy at its best measured rate."""
     from pipeline.benchmark import decode_workers_needed, measure_decode
-    from pipeline.decode_pool import SourceOpener
+    from pipeline.decode import SourceOpener
     from pipeline.transforms import FrameTransform
 
     video = make_videos(opts, count=1)[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import decode_pool as dp
+from pipeline import decode as dp
 from pipeline.io import DecodeError, Frame, SourceInfo
 from pipeline.sampling import WindowSpec, clip_windows
 

@@ -1,59 +1,64 @@
-"""Decode workers: videos in, uint8 clips out, through slots the pool lends; hung or dead workers replaced.
-
-A pool keeps `workers` workers for the whole run, each decoding one video at a time, and hands the
-engine what they send through `next_item`:
+"""The decode pool: keeps `workers` workers busy for the whole run, hands the engine their clips, and fails a
+video whose worker hangs or dies (then replaces that worker).
 
 - backend "process" (`ProcessDecodePool`, the default): worker processes, forked (any callable works,
-  nothing is pickled or re-imported; each worker limits torch to one thread) or, on request, started by
-  a forkserver. A worker without progress for `timeout` seconds is killed and its video failed; a worker
-  that dies (a segfault in a codec, the OOM killer) fails only its video and is replaced.
+  nothing is pickled or re-imported; each worker limits torch to one thread) or, on request, started by a
+  forkserver. A worker without progress for `timeout` seconds is killed and its video failed; a worker that
+  dies (a segfault in a codec, the OOM killer) fails only its video and is replaced.
 - backend "thread" (`ThreadDecodePool`): the same decode loop in threads (nothing is pickled; easy to
   debug). A hung video is failed and its thread abandoned; a crash inside a codec ends the process.
 
-Clips travel as uint8 through slots (shared memory for processes): each clip is written once by its
-worker and copied once by the engine, which then gives the slot back (`DecodedClip.release`). Memory is
-bounded by the slots, never by video length.
-
-The protocol is one small frozen dataclass per message. Commands to a worker: `DecodeVideo`,
-`LendSlots`, `FreeSlot`, `StopWorker`. Messages from a worker: `WorkerReady`, `NeedSlots`, `ClipReady`,
-`StillDecoding`, `VideoDecoded`, `VideoFailed`. Items for the engine: `DecodedClip`, `VideoDecoded`,
-`VideoFailed`, and `PoolFailed` when the pool itself breaks.
+Clips travel through slots (`pipeline.decode.slots`): each clip is written once by its worker and copied
+once by the engine, which then gives the slot back (`DecodedClip.release`). Memory is bounded by the slots,
+never by video length.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import mmap
 import multiprocessing
-import os
 import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import connection as mp_connection
-from multiprocessing import reduction
 from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
-from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from pipeline.errors import describe_error
-from pipeline.io import (
-    DEFAULT_FRAMES_FPS,
-    DEFAULT_FRAMES_PATTERN,
-    DecodeError,
-    FrameSource,
-    SourceInfo,
-    open_source,
+from pipeline.decode.protocol import (
+    ClipReady,
+    DecodedClip,
+    DecodeVideo,
+    FreeSlot,
+    LendSlots,
+    NeedSlots,
+    PoolFailed,
+    PoolItem,
+    StillDecoding,
+    StopWorker,
+    VideoDecoded,
+    VideoFailed,
+    VideoJob,
+    WorkerCommand,
+    WorkerMessage,
+    WorkerReady,
 )
-from pipeline.sampling import ClipStream, ReadyClip, WindowSpec
+from pipeline.decode.slots import SharedBlock, shared_block
+from pipeline.decode.worker import (
+    DecodePoolError,
+    DecodeSpec,
+    DecodeTimeout,
+    DecodeWorker,
+    DecodeWorkerError,
+    QueueLink,
+    worker_process,
+)
+from pipeline.errors import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -61,421 +66,6 @@ DECODE_BACKENDS = ("process", "thread")
 START_METHODS = ("fork", "forkserver")
 STARTUP_S = 60.0  # a worker process not ready by then means the pool cannot work at all
 MAX_DRAIN = 64  # messages taken from one worker per supervisor round (keeps the others served)
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """One video to extract: its output key, its source path and its listed relative path."""
-
-    key: str
-    path: Path
-    rel: str
-
-
-@dataclass(frozen=True)
-class SourceOpener:
-    """Opens a job's video file or frame folder with fixed settings; picklable, so worker processes get it."""
-
-    fps: float | None = None
-    frames_pattern: str = DEFAULT_FRAMES_PATTERN
-    frames_fps: float = DEFAULT_FRAMES_FPS
-    resize: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None
-    threads: int = 0  # FFmpeg decoder threads per video (0: FFmpeg's choice, one per CPU of the node)
-
-    def __call__(self, job: VideoJob) -> FrameSource:
-        return open_source(
-            job.path,
-            fps=self.fps,
-            frames_pattern=self.frames_pattern,
-            frames_fps=self.frames_fps,
-            resize=self.resize,
-            threads=self.threads,
-        )
-
-
-@dataclass(frozen=True)
-class DecodeSpec:
-    """What a decode worker needs: how to open a job, the per-frame transform, clip windows, frame rate."""
-
-    open_video: Callable[[VideoJob], FrameSource]
-    transform: Callable[[np.ndarray], np.ndarray]
-    window: WindowSpec
-    fps: float | None
-
-
-class DecodeWorkerError(RuntimeError):
-    """A decode worker died (signal or exit) while decoding a video."""
-
-
-class DecodeTimeout(RuntimeError):
-    """A video made no decoding progress for longer than the decode timeout."""
-
-
-class DecodePoolError(RuntimeError):
-    """The pool itself broke (not one video): the run cannot go on."""
-
-
-def clip_shape(clip: ReadyClip) -> tuple[int, ...]:
-    """(crops, T, H, W, 3) of a clip's stacked pixels."""
-    first = next(frame for frame in clip.frames if frame is not None)
-    return (first.shape[0], len(clip.frames), *first.shape[1:])
-
-
-def stack_clip(clip: ReadyClip, out: np.ndarray | None = None) -> np.ndarray:
-    """Build a (crops, T, H, W, 3) uint8 array from the clip's frame payloads (None = zero padding).
-
-    With `out` (a reused buffer of that shape) every position is written, padding included.
-    """
-    shape = clip_shape(clip)
-    pixels = np.zeros(shape, dtype=np.uint8) if out is None else out
-    if pixels.shape != shape:
-        raise ValueError(f"stack_clip: out has shape {pixels.shape}, the clip needs {shape}")
-    for t, frame in enumerate(clip.frames):
-        if frame is not None:
-            pixels[:, t] = frame
-        elif out is not None:
-            pixels[:, t] = 0
-    return pixels
-
-
-# --- shared clip slots ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SharedBlock:
-    """How a worker process maps a `shared_block`: a descriptor that travels over a pipe, and the shape."""
-
-    handle: Any  # multiprocessing.reduction.DupFd: a duplicate descriptor once unpickled in the worker
-    count: int
-    nbytes: int
-
-    def map(self) -> np.ndarray:
-        """The worker's (count, nbytes) uint8 view of the block (call once: it takes the descriptor)."""
-        fd = self.handle.detach()
-        try:
-            mapping = mmap.mmap(fd, self.count * self.nbytes)
-        finally:
-            os.close(fd)
-        return np.frombuffer(mapping, dtype=np.uint8).reshape(self.count, self.nbytes)
-
-
-def shared_block(count: int, nbytes: int) -> tuple[np.ndarray, SharedBlock]:
-    """A (count, nbytes) uint8 block of anonymous shared memory (memfd: not limited by /dev/shm's size),
-    and what a worker process needs to map it too."""
-    fd = os.memfd_create("pipeline-clip-slots", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, count * nbytes)
-        mapping = mmap.mmap(fd, count * nbytes)
-        handle = reduction.DupFd(fd)  # a duplicate, handed to the worker when it unpickles the message
-    finally:
-        os.close(fd)
-    return np.frombuffer(mapping, dtype=np.uint8).reshape(count, nbytes), SharedBlock(handle, count, nbytes)
-
-
-# --- commands: supervisor -> worker ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecodeVideo:
-    """Decode this job; `number` names the video in every message about it."""
-
-    number: int
-    job: VideoJob
-
-
-@dataclass(frozen=True)
-class LendSlots:
-    """New slots replace the old ones: a (slots, nbytes) uint8 block, or a process's `SharedBlock`."""
-
-    generation: int
-    block: np.ndarray | SharedBlock
-
-
-@dataclass(frozen=True)
-class FreeSlot:
-    """The engine copied the clip out of this slot; ignored when `generation` is not the current one."""
-
-    generation: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class StopWorker:
-    """Exit now."""
-
-
-WorkerCommand = DecodeVideo | LendSlots | FreeSlot | StopWorker
-
-
-# --- messages: worker -> supervisor (the last two also go on to the engine) -------------------------
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    """The worker has started and takes jobs."""
-
-
-@dataclass(frozen=True)
-class NeedSlots:
-    """The worker needs slots of at least `nbytes` (it has none yet, or its clips grew)."""
-
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class ClipReady:
-    """Row `row` of video `number` is in slot `slot`, `shape` (crops, T, H, W, 3) from its start."""
-
-    number: int
-    row: int
-    slot: int
-    shape: tuple[int, ...]
-    valid: np.ndarray  # (T,) bool
-    timestamps: np.ndarray  # (3,)
-
-
-@dataclass(frozen=True)
-class StillDecoding:
-    """A heartbeat: the video makes progress (nothing else to say)."""
-
-    number: int
-
-
-@dataclass(frozen=True)
-class VideoDecoded:
-    """Every clip of video `number` was sent: how many, and what decoding it took."""
-
-    number: int
-    rows: int
-    frames: int
-    frame_duration: float
-    info: SourceInfo
-    decode_seconds: float
-
-
-@dataclass(frozen=True)
-class VideoFailed:
-    """Video `number` failed (its clips so far are to be dropped); `error` is one line."""
-
-    number: int
-    error: str
-
-
-WorkerMessage = WorkerReady | NeedSlots | ClipReady | StillDecoding | VideoDecoded | VideoFailed
-
-
-# --- items: pool -> engine -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecodedClip:
-    """One clip for the model; `pixels` is a view of a slot: call `release` once they are copied."""
-
-    number: int
-    row: int
-    pixels: np.ndarray  # (crops, T, H, W, 3) uint8
-    valid: np.ndarray  # (T,) bool
-    timestamps: np.ndarray  # (3,)
-    release: Callable[[], None]
-
-
-@dataclass(frozen=True)
-class PoolFailed:
-    """The pool broke; the run cannot go on."""
-
-    error: str
-
-
-PoolItem = DecodedClip | VideoDecoded | VideoFailed | PoolFailed
-
-
-# --- the worker side (a thread or a process) ------------------------------------------------------
-
-
-class _Stop(Exception):
-    """The pool stopped this worker, gave up on it, or went away."""
-
-
-class WorkerLink(Protocol):
-    """A worker's connection to its supervisor."""
-
-    def send(self, message: WorkerMessage) -> None: ...
-
-    def recv(self) -> WorkerCommand: ...
-
-
-class DecodeWorker:
-    """Decodes the videos it is given, one at a time, into slots the supervisor lends it."""
-
-    def __init__(self, link: WorkerLink, spec: DecodeSpec, heartbeat_s: float) -> None:
-        self.link = link
-        self.spec = spec
-        self.heartbeat_s = heartbeat_s
-        self.slots: list[np.ndarray] = []
-        self.generation = -1  # of the current slots; FreeSlot commands of older ones are stale
-        self.free: list[int] = []
-
-    def serve(self) -> None:
-        """Take jobs until told to stop."""
-        try:
-            self.link.send(WorkerReady())
-            while True:
-                command = self.link.recv()
-                if isinstance(command, DecodeVideo):
-                    self._decode(command)
-                else:
-                    self._absorb(command)
-        except _Stop:
-            return
-
-    def _absorb(self, command: WorkerCommand) -> None:
-        """Apply a command that is not a job (slots lent or freed, stop)."""
-        if isinstance(command, FreeSlot):
-            if command.generation == self.generation:
-                self.free.append(command.slot)
-        elif isinstance(command, LendSlots):
-            if not isinstance(command.block, np.ndarray):
-                raise TypeError("decode worker: slots arrived unmapped")  # links map them on receipt
-            self.generation, self.slots = command.generation, list(command.block)
-            self.free = list(range(len(self.slots)))
-        elif isinstance(command, StopWorker):
-            raise _Stop
-        else:
-            raise RuntimeError(f"decode worker: unexpected command {command!r}")
-
-    def _slot(self, nbytes: int) -> int:
-        """A free slot of at least nbytes (waits for the model side to give one back)."""
-        if not self.slots or nbytes > self.slots[0].nbytes:  # (larger) slots; the old ones are dropped
-            self.slots, self.free = [], []
-            self.link.send(NeedSlots(nbytes))
-            while not self.slots:
-                self._absorb(self.link.recv())
-        while not self.free:
-            self._absorb(self.link.recv())
-        return self.free.pop()
-
-    def _send_clip(self, number: int, clip: ReadyClip) -> None:
-        """Write a clip into a free slot and tell the supervisor where it is."""
-        shape = clip_shape(clip)
-        nbytes = int(np.prod(shape))
-        slot = self._slot(nbytes)
-        stack_clip(clip, self.slots[slot][:nbytes].reshape(shape))
-        self.link.send(ClipReady(number, clip.index, slot, shape, clip.valid, clip.timestamps))
-
-    def _decode(self, command: DecodeVideo) -> None:
-        """Decode one video; its failure is data (one message), never the worker's end."""
-        try:
-            outcome = self._send_clips(command.number, command.job)
-        except _Stop:
-            raise
-        except Exception as error:  # every failure is data: one record for this video
-            self.link.send(VideoFailed(command.number, describe_error(error)))
-            return
-        self.link.send(outcome)
-
-    def _send_clips(self, number: int, job: VideoJob) -> VideoDecoded:
-        """Send every clip of a video (with heartbeats while it decodes); what decoding it took."""
-        spec = self.spec
-        started = last_beat = time.perf_counter()
-        rows = frames = 0
-        with spec.open_video(job) as source:
-            frame_duration = 1.0 / (spec.fps or source.info.native_fps or 30.0)
-            stream = ClipStream(spec.window, frame_duration)
-            for frame in source:
-                frames += 1
-                for clip in stream.push(spec.transform(frame.image), frame.time):
-                    self._send_clip(number, clip)
-                    rows += 1
-                now = time.perf_counter()
-                if now - last_beat >= self.heartbeat_s:
-                    self.link.send(StillDecoding(number))
-                    last_beat = now
-            if frames == 0:
-                raise DecodeError(job.path, "zero decodable frames")
-            for clip in stream.finish():
-                self._send_clip(number, clip)
-                rows += 1
-            info = source.info
-        return VideoDecoded(number, rows, frames, frame_duration, info, time.perf_counter() - started)
-
-
-class _PipeLink:
-    """A worker process's end: commands in, messages out (its shared slots arrive as a `SharedBlock`)."""
-
-    def __init__(self, commands: mp_connection.Connection, messages: mp_connection.Connection) -> None:
-        self.commands, self.messages = commands, messages
-        self.parent = os.getppid()
-
-    def send(self, message: WorkerMessage) -> None:
-        try:
-            self.messages.send(message)
-        except OSError as error:  # the engine went away
-            raise _Stop from error
-
-    def recv(self) -> WorkerCommand:
-        try:
-            while not self.commands.poll(1.0):
-                if os.getppid() != self.parent:  # orphaned: the engine was killed
-                    raise _Stop
-            command: WorkerCommand = self.commands.recv()
-        except (EOFError, OSError) as error:
-            raise _Stop from error
-        if isinstance(command, LendSlots) and isinstance(command.block, SharedBlock):
-            command = dataclasses.replace(command, block=command.block.map())
-        return command
-
-
-def _worker_process(
-    commands: mp_connection.Connection,
-    messages: mp_connection.Connection,
-    spec: DecodeSpec,
-    heartbeat_s: float,
-    inherited: tuple[mp_connection.Connection, ...] = (),
-) -> None:
-    """Entry point of a decode process: one torch thread, Ctrl-C left to the engine.
-
-    `inherited`: the engine's ends of every worker's pipes, which a forked worker got copies of; closed
-    so that the engine's death reads as end-of-file (or a broken pipe) here.
-    """
-    for connection in inherited:
-        connection.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Slurm signals every process of the step; preemption (USR2) and time limits are the parent's job
-    # (submitit requeues once), so a forked worker must not run the parent's inherited handlers.
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import torch
-
-    torch.set_num_threads(1)
-    DecodeWorker(_PipeLink(commands, messages), spec, heartbeat_s).serve()
-
-
-class _QueueLink:
-    """A worker thread's end: its own command queue, and the supervisor's shared inbox."""
-
-    def __init__(
-        self,
-        wid: int,
-        inbox: queue.Queue[tuple[int, WorkerMessage]],
-        commands: queue.Queue[WorkerCommand],
-        abandoned: threading.Event,
-    ) -> None:
-        self.wid, self.inbox, self.commands, self.abandoned = wid, inbox, commands, abandoned
-
-    def send(self, message: WorkerMessage) -> None:
-        if self.abandoned.is_set():
-            raise _Stop
-        self.inbox.put((self.wid, message))
-
-    def recv(self) -> WorkerCommand:
-        while True:
-            if self.abandoned.is_set():
-                raise _Stop
-            try:
-                return self.commands.get(timeout=0.2)
-            except queue.Empty:
-                continue
-
 
 # --- the supervisor side (a thread of the engine's process) ---------------------------------------
 
@@ -782,7 +372,7 @@ class ProcessDecodePool(DecodePool[_ProcessWorker]):
             self.context = multiprocessing.get_context("forkserver")
             # Modules every worker needs, imported once by the fork server instead of once per worker.
             self.context.set_forkserver_preload(
-                ["pipeline.decode_pool", "pipeline.transforms", "pipeline.io.video"]
+                ["pipeline.decode.worker", "pipeline.transforms", "pipeline.io.video"]
             )
         else:
             self.context = multiprocessing.get_context("fork")
@@ -798,7 +388,7 @@ class ProcessDecodePool(DecodePool[_ProcessWorker]):
                 *(c for w in self.workers.values() for c in (w.commands, w.messages)),
             )
         process = self.context.Process(
-            target=_worker_process,
+            target=worker_process,
             name=f"decode-{wid}",
             daemon=True,
             args=(commands_in, messages_out, self.spec, self.heartbeat_s, inherited),
@@ -894,7 +484,7 @@ class ThreadDecodePool(DecodePool[_ThreadWorker]):
     def _spawn(self, wid: int) -> _ThreadWorker:
         commands: queue.Queue[WorkerCommand] = queue.Queue()
         abandoned = threading.Event()
-        worker = DecodeWorker(_QueueLink(wid, self.inbox, commands, abandoned), self.spec, self.heartbeat_s)
+        worker = DecodeWorker(QueueLink(wid, self.inbox, commands, abandoned), self.spec, self.heartbeat_s)
         thread = threading.Thread(target=worker.serve, name=f"decode-{wid}", daemon=True)
         thread.start()
         return _ThreadWorker(wid, thread, commands, abandoned)
@@ -944,40 +534,3 @@ def open_pool(
     if backend == "thread":
         return ThreadDecodePool(spec, workers, slots, timeout)
     return ProcessDecodePool(spec, workers, slots, timeout, start_method=start_method)
-
-
-__all__ = [
-    "DECODE_BACKENDS",
-    "START_METHODS",
-    "ClipReady",
-    "DecodePool",
-    "DecodePoolError",
-    "DecodeSpec",
-    "DecodeTimeout",
-    "DecodeVideo",
-    "DecodeWorker",
-    "DecodeWorkerError",
-    "DecodedClip",
-    "FreeSlot",
-    "LendSlots",
-    "NeedSlots",
-    "PoolFailed",
-    "PoolItem",
-    "ProcessDecodePool",
-    "SharedBlock",
-    "SourceOpener",
-    "StillDecoding",
-    "StopWorker",
-    "ThreadDecodePool",
-    "VideoDecoded",
-    "VideoFailed",
-    "VideoJob",
-    "WorkerCommand",
-    "WorkerLink",
-    "WorkerMessage",
-    "WorkerReady",
-    "clip_shape",
-    "open_pool",
-    "shared_block",
-    "stack_clip",
-]
