@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.benchmark import main
+from pipeline.bench.cli import main
 from pipeline.errors import exit_status
 
 if __name__ == "__main__":

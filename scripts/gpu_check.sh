@@ -6,7 +6,7 @@
 # `pip install --no-deps --no-build-isolation -e .` when that works offline, else it runs from the
 # checkout (PYTHONPATH; pipeline/__init__.py finds conf/ beside it). Python: $PYTHON, else .venv's
 # when its torch sees a GPU, else python3. Without a CUDA GPU it says so and exits non-zero.
-# What it measures: pipeline/gpu_check.py (README, section "GPU").
+# What it measures: pipeline/bench/gpu_check.py (README, section "GPU").
 # CPU_DRY_RUN=1 runs the same plumbing on the CPU (tiny models, `--device cpu --quick`; the report says
 # device cpu): for checking this script where no GPU is, never a substitute for the GPU run.
 set -uo pipefail

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pipeline.seed_baseline import PYSLOWFAST_ARCH, import_pyslowfast
+from pipeline.bench.seed_baseline import PYSLOWFAST_ARCH, import_pyslowfast
 
 STUB_DIR = Path(__file__).parent / "reference_stub"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The prepared GPU check (pipeline.gpu_check) run on the CPU: tiny models, a tiny budget, every section in
+"""The prepared GPU check (pipeline.bench.gpu_check) run on the CPU: tiny models, a tiny budget, every section in
 the JSON report; without CUDA the GPU mode refuses and says so."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import gpu_check
-from pipeline.gpu_check import SECTIONS, Budget, Options, cuda_test_ids, run_check
+from pipeline.bench import gpu_check
+from pipeline.bench.gpu_check import SECTIONS, Budget, Options, cuda_test_ids, run_check
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import benchmark
 from pipeline.api import compose_config
 from pipeline.assemble import as_object
+from pipeline.bench import model as bench_model
 from pipeline.config import ConfigError
 from pipeline.hardware import CPU_SHARE_ENV, decoder_threads, split_cpus, usable_cpus
 from pipeline.inference import (
@@ -67,9 +67,9 @@ def test_flop_counter_builds_its_input_on_the_models_device(monkeypatch: pytest.
 
     monkeypatch.setattr(model, "pathways", pathways)
     with pytest.raises(Seen):
-        benchmark.gflops_per_clip(model, 8, 64)
+        bench_model.gflops_per_clip(model, 8, 64)
     assert seen == [torch.device("meta")]
-    assert benchmark.flop_input(model, 8, 64).shape == (1, 3, 8, 64, 64)
+    assert bench_model.flop_input(model, 8, 64).shape == (1, 3, 8, 64, 64)
 
 
 def test_flop_count_on_cpu_is_unchanged() -> None:
@@ -88,7 +88,7 @@ def test_flop_count_on_cpu_is_unchanged() -> None:
     with torch.inference_mode():  # the count as it was made before: a CPU clip through a CPU model
         analysis = FlopCountAnalysis(Features().eval(), tuple(model.pathways(torch.zeros(1, 3, 8, 64, 64))))
         want = analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total() / 1e9
-    assert benchmark.gflops_per_clip(model, 8, 64) == pytest.approx(want, rel=1e-9)
+    assert bench_model.gflops_per_clip(model, 8, 64) == pytest.approx(want, rel=1e-9)
     assert want > 0
 
 

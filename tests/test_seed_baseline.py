@@ -1,4 +1,4 @@
-"""The old extractor's algorithm (pipeline.seed_baseline) against our pipeline, and the --vs-seed benchmark.
+"""The old extractor's algorithm (pipeline.bench.seed_baseline) against our pipeline, and the --vs-seed benchmark.
 
 The seed baseline decodes, squashes and cuts centred clips with its own code; our pipeline must give the
 same rows for the same `.pyth` (centred windows, zero padding, square resize). PySlowFast's model in the
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import benchmark
-from pipeline.benchmark_seed import print_seed_report, write_random_checkpoint
+from pipeline.bench import cli as bench_cli
+from pipeline.bench.seed_baseline import centred_clips, extract_features, main, pyslowfast_unavailable
+from pipeline.bench.vs_seed import print_seed_report, write_random_checkpoint
 from pipeline.models.registry import get_spec
 from pipeline.sampling import WindowSpec, clip_windows
-from pipeline.seed_baseline import centred_clips, extract_features, main, pyslowfast_unavailable
 from pipeline.synth import write_video
 from tests.helpers import run_extract
 from tests.reference import relative_error, require_reference
@@ -98,7 +98,7 @@ def test_bench_vs_seed_reports_both_whole_processes(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     write_video(video, size=(64, 48), fps=30, seconds=0.5)  # 15 frames: 2 rows
     argv = ["--vs-seed", "--model", TINY, "--video", str(video), "--num-frames", "8", "--stride", "8"]
-    assert benchmark.main([*argv, "--repeats", "1", "--workdir", str(tmp_path), "--json"]) == 0
+    assert bench_cli.main([*argv, "--repeats", "1", "--workdir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)  # bench_vs_seed's report
     assert report["seed_model_impl"] == "ours" and "blocks" in report["seed_note"]
     assert (report["num_frames"], report["sampling_rate"], report["stride"], report["size"]) == (8, 1, 8, 64)
@@ -115,8 +115,8 @@ def test_bench_vs_seed_reports_both_whole_processes(tmp_path, capsys):
 
 
 def test_vs_seed_defaults_are_the_issues_setting():
-    args = benchmark.parse_args(["--vs-seed"])
+    args = bench_cli.parse_args(["--vs-seed"])
     assert (args.seconds, args.stride, args.repeats, args.batch_size) == (30.0, 32, 2, None)
     assert (args.num_frames, args.sampling_rate, args.resolution) == (32, 1, (1920, 1080))
-    args = benchmark.parse_args([])
+    args = bench_cli.parse_args([])
     assert (args.seconds, args.stride, args.repeats, args.batch_size) == (20.0, 16, 5, 4)

@@ -356,7 +356,7 @@ def test_workers_do_not_outlive_a_killed_engine(tmp_path):
 
 def test_benchmark_runs_end_to_end(tmp_path, capsys):
     """The benchmark's main path on a tiny model and 3 short generated videos (a smoke test, not a timing)."""
-    from pipeline import benchmark
+    from pipeline.bench import cli as bench_cli
 
     argv = [
         "--model",
@@ -375,7 +375,7 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
         str(tmp_path),
         "--json",
     ]
-    assert benchmark.main(argv) == 0
+    assert bench_cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["e2e"]["clips"] == 3 * 4  # 2 s at 30 fps = 60 frames, one row per 16
     assert report["model_clips_per_s"] > 0 and report["plain_fp32_ncdhw_clips_per_s"] > 0
@@ -395,7 +395,7 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
 
 
 def test_decode_workers_needed_arithmetic():
-    from pipeline.benchmark import decode_workers_needed
+    from pipeline.bench.decode import decode_workers_needed
 
     # a GPU at 120 clips/s, one core decoding 400 frames/s, a new clip every 16 frames: 25 clips/s a worker
     plan = decode_workers_needed(120.0, 400.0, 16.0, 16)
@@ -410,9 +410,9 @@ def test_decode_workers_needed_arithmetic():
 
 def test_benchmark_rss_refuses_a_short_video_without_full_batches(tmp_path):
     """Peak memory includes one batch's activations: a 1-minute video must fill batches to be comparable."""
-    from pipeline import benchmark
+    from pipeline.bench import cli as bench_cli
 
     argv = ["--model", "slowfast_tiny", "--minutes", "2", "--stride", "480", "--batch-size", "4"]
     with pytest.raises(SystemExit, match="fewer than 3 batches of 4.*--stride 150 or less"):
-        benchmark.main([*argv, "--workdir", str(tmp_path)])
+        bench_cli.main([*argv, "--workdir", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # refused before generating any video

@@ -2,7 +2,7 @@
 
 Each side runs as its own process from a fresh interpreter, timed from start to exit (imports, model
 build, checkpoint load, decoding, inference, writing), on the same video and the same random `.pyth`:
-the seed (`python -m pipeline.seed_baseline`, PySlowFast's model when slowfast==1.0 is importable) and
+the seed (`python -m pipeline.bench.seed_baseline`, PySlowFast's model when slowfast==1.0 is importable) and
 our pipeline (`python -m pipeline.extract` with centred windows, zero padding and the square resize,
 everything else default). They take turns; medians are reported, with CPU seconds, peak memory and the
 relative L2 between their features (they compute the same thing).
@@ -24,8 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.benchmark import MB, fidelity, generated_video, pss_bytes
+from pipeline.bench.measure import MB, pss_bytes
+from pipeline.bench.media import generated_video
+from pipeline.bench.model import fidelity
+from pipeline.bench.seed_baseline import pyslowfast_unavailable
 from pipeline.hardware import CPUINFO, cpu_flags, default_threads, usable_cpus
+from pipeline.models.registry import build_model, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,6 @@ def cpu_header() -> dict[str, Any]:
 def write_random_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
     """A PySlowFast-format `.pyth` ({"model_state": ...}, PySlowFast's key names) of random weights for
     `model`: its own seeded initialisation, batch-norm statistics and biases drawn away from identity."""
-    from pipeline.models.registry import build_model
-
     torch.manual_seed(seed)
     network = build_model(model)
     generator = torch.Generator().manual_seed(seed)
@@ -130,7 +132,7 @@ def seed_command(
     return [
         sys.executable,
         "-m",
-        "pipeline.seed_baseline",
+        "pipeline.bench.seed_baseline",
         "--video",
         str(video),
         "--checkpoint",
@@ -191,9 +193,6 @@ def ours_command(
 
 def choose_seed_impl(model: str, requested: str) -> tuple[str, str | None]:
     """The seed's model implementation and, when PySlowFast's could not be used, why."""
-    from pipeline.models.registry import get_spec
-    from pipeline.seed_baseline import pyslowfast_unavailable
-
     if requested == "ours":
         return "ours", None
     reason = pyslowfast_unavailable(get_spec(model))
@@ -235,8 +234,6 @@ def bench_vs_seed(
     """Whole-process wall time of the seed's algorithm and of our pipeline on one video, alternating
     (seed, ours) `repeats` times; the report has medians, seed/ours, CPU seconds, peak memory, row counts
     and the relative L2 of our features against the seed's. None for T, tau or size: the model's own."""
-    from pipeline.models.registry import get_spec
-
     video = (video or generated_video(workdir, resolution, video_fps, seconds)).resolve()
     spec = get_spec(model)
     size, num_frames = size or spec.crop_size, num_frames or spec.num_frames

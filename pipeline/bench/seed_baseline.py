@@ -1,6 +1,6 @@
 """The old extractor's algorithm, re-implemented for the whole-process benchmark; not used by extraction.
 
-    python -m pipeline.seed_baseline --video V --checkpoint W.pyth --out X.npy \\
+    python -m pipeline.bench.seed_baseline --video V --checkpoint W.pyth --out X.npy \\
         --num-frames T --sampling-rate TAU --stride S [--model slowfast_r50] [--size 256] \\
         [--model-impl pyslowfast|ours]
 
@@ -149,7 +149,7 @@ def pyslowfast_unavailable(spec: ModelSpec) -> str | None:
 def import_pyslowfast() -> Any:
     """slowfast==1.0's model builder module; a stand-in `detectron2.layers` first if detectron2 is absent."""
     if "detectron2" not in sys.modules and importlib.util.find_spec("detectron2") is None:
-        from torch import nn
+        from torch import nn  # only when the stand-in is needed; torch loads late (see main)
 
         class ROIAlign(nn.Module):
             """Stand-in: slowfast==1.0 imports detectron2's ROIAlign for detection heads, never built here."""
@@ -219,7 +219,7 @@ def load_model(
     impl: str, name: str, checkpoint: Path, num_frames: int, size: int
 ) -> tuple[FeaturesFn, ModelSpec]:
     """features_fn(pathways) -> (1, dim) of the model with the .pyth's weights, plain fp32 NCDHW."""
-    import torch
+    import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
     from pipeline.models.registry import build_model, get_spec
 
@@ -231,7 +231,7 @@ def load_model(
         return features_fn, spec
     if impl != "ours":
         raise ValueError(f"model impl must be one of {MODEL_IMPLS}, got {impl!r}")
-    from pipeline.weights import load_checkpoint
+    from pipeline.weights import load_checkpoint  # imports torch: after restore_libgomp_default()
 
     ours = build_model(name)
     load_checkpoint(checkpoint, ours, require_head=False)
@@ -254,7 +254,7 @@ def extract_features(
     model_impl: str = "pyslowfast",
 ) -> np.ndarray:
     """(rows, dim) float32 features of one video, one row per `stride` frames, the seed's way."""
-    import torch
+    import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
     from pipeline.models.registry import get_spec
 
@@ -280,7 +280,7 @@ def extract_features(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.seed_baseline",
+        prog="python -m pipeline.bench.seed_baseline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import torch
+    import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
     from pipeline.hardware import default_threads
 
