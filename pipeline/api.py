@@ -18,7 +18,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.assemble import as_object, build_engine, extraction_settings, setup_torch
-from pipeline.config import DataConfig, ExtractConfig, HardwareConfig, OutputConfig, validate
+from pipeline.config import (
+    DataConfig,
+    ExtractConfig,
+    HardwareConfig,
+    OutputConfig,
+    register_configs,
+    validate,
+)
 from pipeline.engine import VideoJob, VideoResult
 from pipeline.inference import check_model_config
 from pipeline.weights import weights_info
@@ -30,8 +37,6 @@ def compose_config(model: str, overrides: Iterable[str] = (), data: str = "custo
     """Compose conf/ with Hydra's compose API (for notebooks and tests), like the command line would."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-
-    from pipeline.config import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.outputs import save_json
+
 log = logging.getLogger(__name__)
 
 JOB_SUMMARY = "job_summary.json"
@@ -25,8 +27,6 @@ SWEEP_SUMMARY = "sweep_summary.json"
 
 def write_job_summary(job_dir: Path, record: dict[str, Any]) -> None:
     """Called by a sweep job at its end."""
-    from pipeline.outputs import save_json
-
     save_json(job_dir / JOB_SUMMARY, record)
 
 
@@ -57,8 +57,6 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         summary = collect_sweep(sweep_dir)
-        from pipeline.outputs import save_json
-
         save_json(sweep_dir / SWEEP_SUMMARY, summary)
         for job in summary["jobs"]:
             totals = job.get("totals") or {}

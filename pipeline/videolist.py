@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io.frames import pattern_regex
 from pipeline.naming import VIDEO_EXTENSIONS, has_video_extension, video_key
 from pipeline.outputs import atomic_write
 
@@ -145,8 +146,6 @@ def frames_regex(pattern: str) -> re.Pattern[str]:
     """Regex for frame file names from a format string ("frame_{:010d}.jpg") or, without braces, a glob."""
     if "{" not in pattern:
         return re.compile(fnmatch.translate(pattern))
-    from pipeline.io.frames import pattern_regex
-
     return re.compile(pattern_regex(pattern).pattern + r"\Z")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.io import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
+from pipeline.io.source import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:

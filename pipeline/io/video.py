@@ -17,8 +17,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from pipeline.io import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
 from pipeline.io.resample import TOLERANCE_S
+from pipeline.io.source import DecodeError, FrameSource, LoadImage, Resize, SourceInfo
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from pipeline import naming, outputs
+from pipeline.io import probe
 from pipeline.videolist import VideoEntry, shard_entries
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,6 @@ def list_digest(entries: list[VideoEntry]) -> str:
 
 def work_weights(entries: list[VideoEntry]) -> dict[str, float]:
     """Work per video: duration from the container header, else the file size in MB, else 1."""
-    from pipeline.io import probe
-
     weights: dict[str, float] = {}
     for entry in entries:
         weight = None
