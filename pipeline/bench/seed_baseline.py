@@ -221,7 +221,7 @@ def load_model(
     """features_fn(pathways) -> (1, dim) of the model with the .pyth's weights, plain fp32 NCDHW."""
     import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
-    from pipeline.models.registry import build_model, get_spec
+    from pipeline.models.registry import build_model, get_spec  # imports torch: late, as above
 
     spec = get_spec(name)
     if impl == "pyslowfast":
@@ -256,7 +256,7 @@ def extract_features(
     """(rows, dim) float32 features of one video, one row per `stride` frames, the seed's way."""
     import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
-    from pipeline.models.registry import get_spec
+    from pipeline.models.registry import get_spec  # imports torch: late, as above
 
     size = size or get_spec(model).crop_size
     features_fn, spec = load_model(model_impl, model, checkpoint, num_frames, size)
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch  # torch loads only after restore_libgomp_default() (run as a script)
 
-    from pipeline.hardware import default_threads
+    from pipeline.hardware import default_threads  # imports torch: late, as above
 
     torch.set_num_threads(default_threads())  # the usable CPUs (unless OMP_NUM_THREADS says otherwise)
     features = extract_features(
