@@ -1,4 +1,10 @@
-"""Shared fixtures: generated videos (PyAV) and a runner for `python -m pipeline.extract` in a subprocess."""
+"""Shared fixtures: generated videos (PyAV), the real clip the tests ship, a tiny model.
+
+Plain helpers (running the extractor, random clips, the real clip's path) are in tests/helpers.py, stand-in
+videos and models in tests/fakes.py, reference loaders in tests/reference.py; test folders: unit/ (one
+module or part at a time), reference/ (against PySlowFast, pytorchvideo and the other references),
+e2e/ (whole runs), bench/ (the measurement tools), slurm/ (a real local Slurm cluster).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import pytest
 import torch
 
 from pipeline import synth
+from tests.helpers import REAL_CLIP, tiny_clip_model
 
 # One compute thread per test process: OpenMP threads spin badly when the two cores are shared with the
 # pytest process or a Slurm job, and tests check numbers, not speed (benchmarks measure speed).
@@ -30,3 +37,16 @@ def video_root(tmp_path_factory) -> Path:
         "path\r\na.b.mp4\r\nsub/vp9.webm\r\n\r\nsub/old\r\n  short.mkv  \r\nframes_clip\r\nbroken.mp4\r\na.b.mp4\r\n"
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def real_clip() -> Path:
+    """16 frames of Big Buck Bunny, 1280x720 (tests/data/README.md)."""
+    assert REAL_CLIP.is_file(), f"the real test clip is missing: {REAL_CLIP}"
+    return REAL_CLIP
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """slowfast_tiny (random weights, seed 0) as a TorchClipModel on the CPU."""
+    return tiny_clip_model()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 
@@ -60,3 +61,33 @@ def run_config(cfg: Any) -> Any:
 
     (shard,) = plan_run(as_object(cfg)).shards
     return run_shard(shard)
+
+
+REAL_CLIP = Path(__file__).parent / "data" / "big_buck_bunny_720p_16f.mp4"  # real footage, see data/README.md
+"""16 frames of Big Buck Bunny at 1280x720: fidelity on textured footage (synthetic patterns hide resize and
+rounding errors)."""
+
+
+def clips_of(
+    rows: int = 2, T: int = 8, size: int = 64, seed: int = 3, padded: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 clips (rows, T, size, size, 3) and their valid mask, the last `padded` frames of the
+    last clip marked as zero padding."""
+    rng = np.random.default_rng(seed)
+    clips = rng.integers(0, 256, (rows, T, size, size, 3), dtype=np.uint8)
+    valid = np.ones((rows, T), dtype=bool)
+    if padded:
+        valid[-1, -padded:] = False
+    return clips, valid
+
+
+def tiny_clip_model(name: str = "slowfast_tiny", **kwargs: Any) -> Any:
+    """A registry test model (random weights, seed 0) as a TorchClipModel on the CPU, Kinetics mean/std."""
+    import torch
+
+    from pipeline.inference import TorchClipModel
+    from pipeline.models.registry import build_model
+
+    torch.manual_seed(0)
+    options = {"device": torch.device("cpu"), "mean": [0.45] * 3, "std": [0.225] * 3, **kwargs}
+    return TorchClipModel(build_model(name), **options)

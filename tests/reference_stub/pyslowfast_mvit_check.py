@@ -64,11 +64,11 @@ def their_cfg(source: Path, case: dict[str, Any]) -> Any:
 
 
 def run_case(source: Path, case: dict[str, Any], seed: int) -> dict[str, Any]:
-    from reference import relative_error  # type: ignore[import-not-found]
     from slowfast.models.video_model_builder import MViT as TheirMViT
 
     from pipeline.models import build_model
     from pipeline.weights import load_checkpoint
+    from tests.reference import relative_error  # type: ignore[import-not-found]
 
     torch.manual_seed(seed)
     theirs = TheirMViT(their_cfg(source, case)).eval()

@@ -30,11 +30,11 @@ FRAMES, CROP = 16, 64
 
 def compare(source: Path, name: str) -> dict[str, Any]:
     """Their SlowFast from the config vs ours from the registry, same random weights and clip."""
-    from reference import randomize_  # type: ignore[import-not-found]
     from slowfast.config.defaults import get_cfg
     from slowfast.models.video_model_builder import SlowFast as TheirSlowFast
 
     from pipeline.models import build_model
+    from tests.reference import randomize_  # type: ignore[import-not-found]
 
     cfg = get_cfg()
     cfg.merge_from_file(str(source / "configs" / ENTRIES[name]))

@@ -78,11 +78,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def compare(source: Path, run: str) -> dict[str, Any]:
     """Their X3D from their config vs ours from the registry, on the same random weights and clip."""
-    from reference import randomize_  # type: ignore[import-not-found]
     from slowfast.config.defaults import get_cfg
     from slowfast.models.video_model_builder import X3D as TheirX3D
 
     from pipeline.models import build_model, get_spec
+    from tests.reference import randomize_  # type: ignore[import-not-found]
 
     name, _, crop_text = run.partition("@")
     spec = get_spec(name)

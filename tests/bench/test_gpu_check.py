@@ -14,7 +14,7 @@ import torch
 from pipeline.bench import gpu_check
 from pipeline.bench.gpu_check import SECTIONS, Budget, Options, cuda_test_ids, run_check
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cuda_tests_are_found_by_their_cuda_check() -> None:

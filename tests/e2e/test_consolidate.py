@@ -30,7 +30,7 @@ from pipeline.consolidate import (
 from tests.helpers import small_filesystem
 from tests.outputs_fixture import CHECKPOINT_SHA256, default_settings, make_output_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VIDEOS = {"P01/videos/P01_01": 7, "P01/videos/P01_02": 3, "P01": 2, "P02/P02_01": 1, "solo": 12}
 
 

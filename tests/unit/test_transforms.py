@@ -22,13 +22,14 @@ from pipeline.transforms import (
     resize_float_bilinear,
     short_side_size,
 )
+from tests.helpers import REAL_CLIP
 
 
 def slowfast_transform():
     """PySlowFast's datasets/transform.py, loaded alone (the package __init__ pulls in optional deps)."""
     spec = importlib.util.find_spec("slowfast")
     if spec is None or not spec.submodule_search_locations:
-        from reference import skip_or_fail
+        from tests.reference import skip_or_fail
 
         skip_or_fail("slowfast (the reference PySlowFast) is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "transform.py"
@@ -255,7 +256,6 @@ def test_normalize_clips_on_device(device):
 
 # --- both recipes on real footage ------------------------------------------------------------------
 
-REAL_CLIP = Path(__file__).parent / "data" / "big_buck_bunny_720p_16f.mp4"  # see tests/data/README.md
 FLOAT32_SLACK = 0.01  # grey levels: PySlowFast's float32 interpolation vs the exact value (0.005 seen)
 
 

@@ -21,7 +21,6 @@ from pipeline.hardware import CPU_SHARE_ENV, decoder_threads, split_cpus, usable
 from pipeline.inference import (
     BatchMemoryError,
     DeviceError,
-    TorchClipModel,
     check_cuda_precision,
     is_compile_error,
     padded_rows,
@@ -31,23 +30,10 @@ from pipeline.models.registry import build_model
 from pipeline.models.resnet3d import NonLocal
 from pipeline.run import environment_record, finish_run
 from pipeline.synth import write_video
-from tests.helpers import run_config
+from tests.helpers import clips_of, run_config, tiny_clip_model
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
 CPU = torch.device("cpu")
-
-
-def clips_of(rows: int, T: int = 8, size: int = 64, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    clips = rng.integers(0, 256, (rows, T, size, size, 3), dtype=np.uint8)
-    valid = np.ones((rows, T), dtype=bool)
-    valid[-1, -3:] = False
-    return clips, valid
-
-
-def tiny_model(**kwargs: object) -> TorchClipModel:
-    torch.manual_seed(0)
-    return TorchClipModel(build_model("slowfast_tiny"), device=CPU, mean=MEAN, std=STD, **kwargs)
 
 
 # --- FLOP counter: its input on the model's device ------------------------------------------------
@@ -104,8 +90,8 @@ def test_padding_is_for_gpus_unless_asked() -> None:
 
 
 def test_partial_batches_are_padded_to_one_shape_and_trimmed() -> None:
-    padded = tiny_model(batch_size=3, crops=2, pad_batches=True)
-    plain = tiny_model()
+    padded = tiny_clip_model(batch_size=3, crops=2, pad_batches=True)
+    plain = tiny_clip_model()
     shapes: list[tuple[int, ...]] = []
     padded.model.s1.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0][0].shape)))
     for rows in (1, 2, 5, 6):
@@ -118,14 +104,14 @@ def test_partial_batches_are_padded_to_one_shape_and_trimmed() -> None:
 
 
 def test_padded_logits_are_trimmed_too() -> None:
-    model = tiny_model(batch_size=4, pad_batches=True, logits=True)
+    model = tiny_clip_model(batch_size=4, pad_batches=True, logits=True)
     clips, valid = clips_of(3)
     features, logits = model(clips, valid)
     assert features.shape[0] == 3 and logits is not None and logits["logits"].shape[0] == 3
 
 
 def test_cpu_runs_are_not_padded() -> None:
-    model = tiny_model(batch_size=4, crops=1)
+    model = tiny_clip_model(batch_size=4, crops=1)
     assert model.pad_to is None
     shapes: list[int] = []
     model.model.s1.register_forward_pre_hook(lambda _m, args: shapes.append(args[0][0].shape[0]))
@@ -178,14 +164,14 @@ def test_compile_errors_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._inductor.exc import CppCompileError
 
     clips, valid = clips_of(2)
-    want = tiny_model(fuse=False)(clips, valid)[0]  # compile=True leaves conv + ReLU fusion to inductor
+    want = tiny_clip_model(fuse=False)(clips, valid)[0]  # compile=True leaves conv + ReLU fusion to inductor
     for error in (
         dynamo_failure(RuntimeError("no C++ compiler")),
         CppCompileError(["g++"], "g++: not found"),
         Unsupported("data-dependent control flow"),
     ):
         monkeypatch.setattr(torch, "compile", compile_raising(error))
-        model = tiny_model(compile=True)
+        model = tiny_clip_model(compile=True)
         assert model.compiled
         got = model(clips, valid)[0]
         assert not model.compiled, type(error)
@@ -208,7 +194,7 @@ def test_other_errors_propagate(
         error = dynamo_failure(torch.OutOfMemoryError("CUDA out of memory"))
     assert isinstance(error, BaseException)
     monkeypatch.setattr(torch, "compile", compile_raising(error))
-    model = tiny_model(compile=True, batch_size=2)
+    model = tiny_clip_model(compile=True, batch_size=2)
     with pytest.raises(raised) as caught:
         model(*clips_of(2))
     assert raised is BatchMemoryError or caught.value is error
@@ -265,7 +251,7 @@ def test_a_cpu_run_and_its_record_make_no_cuda_call(monkeypatch: pytest.MonkeyPa
 def test_out_of_memory_names_batch_size_crops_and_the_effective_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = tiny_model(batch_size=16, crops=3)
+    model = tiny_clip_model(batch_size=16, crops=3)
 
     def out_of_memory(pathways: list[torch.Tensor]) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
@@ -280,7 +266,7 @@ def test_out_of_memory_names_batch_size_crops_and_the_effective_batch(
 
 
 def test_out_of_memory_at_batch_size_one_suggests_something_else(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_model(batch_size=1)
+    model = tiny_clip_model(batch_size=1)
     monkeypatch.setattr(model, "_forward_features", _raise_oom)
     with pytest.raises(BatchMemoryError, match="hardware.batch_size=1 x 1 crop.* data.crops=1"):
         model(*clips_of(1))

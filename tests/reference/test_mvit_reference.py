@@ -18,19 +18,10 @@ import pytest
 import torch
 
 from pipeline.models import build_model
+from tests.reference import pyslowfast_source
 
 RTOL = 1e-4
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "reference_stub" / "pyslowfast_mvit_check.py"
-
-
-def pyslowfast_source() -> Path:
-    """$PYSLOWFAST_SRC, else ../shared/pyslowfast beside the repository; skips only when neither exists."""
-    env = os.environ.get("PYSLOWFAST_SRC")
-    source = Path(env) if env else REPO.parent / "shared" / "pyslowfast"
-    if not (source / "slowfast" / "models" / "video_model_builder.py").is_file():
-        pytest.skip(f"no PySlowFast master checkout at {source} (set PYSLOWFAST_SRC)")
-    return source
+SCRIPT = Path(__file__).resolve().parents[1] / "reference_stub" / "pyslowfast_mvit_check.py"
 
 
 def run_reference(cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

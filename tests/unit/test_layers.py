@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+PACKAGE = Path(__file__).resolve().parents[2] / "pipeline"
 
 # Bottom to top. A module may import its own layer and those below; a package is one entry (its modules
 # may import each other, without a cycle).

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from reference import STUB_DIR, pyslowfast_source
 
 from pipeline.models import build_model, get_spec
+from tests.reference import STUB_DIR, pyslowfast_source
 
 RTOL = 1e-4
 
@@ -21,7 +21,7 @@ RTOL = 1e-4
 def run_check(script: str, key: str) -> dict[str, dict]:
     """Run a stub script against PySlowFast master in a subprocess; its JSON lines by `key`."""
     source = pyslowfast_source()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
         [sys.executable, str(STUB_DIR / script), str(source)],
         capture_output=True,

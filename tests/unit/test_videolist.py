@@ -21,7 +21,7 @@ from pipeline.videolist import (
     write_video_list,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def touch(root: Path, *rels: str) -> None:

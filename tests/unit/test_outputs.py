@@ -265,3 +265,44 @@ def test_real_full_filesystem_keeps_nothing_partial_and_writes_again_once_space_
         outputs.save_array(target, np.ones(10_000, np.float32))
         assert np.load(target).shape == (10_000,)
         assert sorted(p.name for p in small.rglob("*") if p.is_file()) == ["big_32.npy", "m.jsonl"]
+
+
+# --- typed records ---------------------------------------------------------------------------------
+
+
+def test_a_manifest_record_round_trips_and_reads_older_lines():
+    record = outputs.ManifestRecord(
+        key="a",
+        path="a.mp4",
+        status="ok",
+        settings={"stride": 8},
+        time="t",
+        rows=3,
+        output="features/a_8.npy",
+    )
+    data = record.as_json()
+    assert data["error"] is None and "reason" not in data  # the identifying fields always, the rest when set
+    assert outputs.ManifestRecord.from_json(json.loads(json.dumps(data))) == record
+    older = {"key": "b", "path": "b.mp4", "status": "failed", "error": "boom", "a_future_field": 1}
+    read = outputs.ManifestRecord.from_json(older)
+    assert read.final_outcome == "failed" and read.settings == {} and read.error == "boom"
+    with pytest.raises(ValueError, match="needs key, path, status"):
+        outputs.ManifestRecord.from_json({"key": "c"})
+
+
+def test_a_sidecar_round_trips_and_names_a_missing_field(tmp_path):
+    sidecar = outputs.Sidecar(
+        key="a",
+        settings={"precision": "fp32"},
+        timestamps=[[0.0, 1.0, 0.5]],
+        checkpoint=outputs.CheckpointRecord("w.pyth", "abc", False),
+        logits={"logits": "features/a_8.logits.npy"},
+    )
+    path = tmp_path / "a_8.json"
+    outputs.save_sidecar(path, sidecar)
+    assert outputs.load_sidecar(path) == sidecar
+    assert outputs.read_sidecar(path)["checkpoint"] == {"path": "w.pyth", "sha256": "abc", "random": False}
+    with pytest.raises(ValueError, match="sidecar has no 'timestamps' field"):
+        outputs.Sidecar.from_json({"key": "a", "settings": {}})
+    older = {"key": "a", "settings": {}, "timestamps": [], "config": {"hardware": {"precision": "bf16"}}}
+    assert outputs.Sidecar.from_json(older).effective_settings == {"precision": "bf16"}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import (
+
+from pipeline.models import build_model, get_spec
+from pipeline.models.resnet3d import NonLocal
+from tests.reference import (
     module_outputs,
     randomize_,
     reference_for_spec,
@@ -13,9 +16,6 @@ from reference import (
     require_reference,
     skip_or_fail,
 )
-
-from pipeline.models import build_model, get_spec
-from pipeline.models.resnet3d import NonLocal
 
 pytestmark = pytest.mark.usefixtures("reference")
 
@@ -206,7 +206,7 @@ def test_pathways_match_reference_packing() -> None:
         from slowfast.datasets.utils import pack_pathway_output
     except ImportError as exc:  # their datasets package needs cv2
         skip_or_fail(f"slowfast.datasets not importable: {exc}")
-    from reference import reference_cfg
+    from tests.reference import reference_cfg
 
     cfg = reference_cfg("slowfast", 32, 64, alpha=4)
     frames = torch.randn(3, 32, 8, 8)

@@ -167,7 +167,7 @@ def test_slow_pathway_indices_match_pyslowfast_packing():
         from slowfast.config.defaults import get_cfg
         from slowfast.datasets.utils import pack_pathway_output
     except Exception as exc:  # noqa: BLE001 - any import failure means the reference is unavailable
-        from reference import skip_or_fail
+        from tests.reference import skip_or_fail
 
         skip_or_fail(f"PySlowFast reference (slowfast==1.0) not importable: {exc}")
     cfg = get_cfg()

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.synth import write_video
 from pipeline.transforms import resize_bilinear
-from tests.helpers import run_extract
+from tests.helpers import REAL_CLIP, run_extract
 from tests.reference import randomize_, reference_model, relative_error, require_reference
 
 T, TAU, STRIDE, CROP, ALPHA = 8, 2, 8, 64, 4
@@ -76,9 +76,6 @@ def test_pipeline_features_equal_pyslowfast(tmp_path):
     assert relative_error(torch.from_numpy(ours), torch.from_numpy(theirs)) < 1e-4
     side = json.loads((out / "features" / f"clip_{T}.json").read_text())
     assert side["checkpoint"]["random"] is False and len(side["checkpoint"]["sha256"]) == 64
-
-
-REAL_CLIP = Path(__file__).parent / "data" / "big_buck_bunny_720p_16f.mp4"  # 1280x720, see data/README.md
 
 
 def recipe_clips(video: Path, mode: str) -> list[torch.Tensor]:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorchvideo_reference import pytorchvideo_hub
-from reference import randomize_, relative_error
 from torch import nn
 
 from pipeline.models import build_model, get_spec
 from pipeline.models.resnet3d import window_average
 from pipeline.weights import CheckpointError, load_checkpoint, read_state_dict
 from pipeline.weights.pytorchvideo import pytorchvideo_arch, pytorchvideo_key_map, pytorchvideo_temporal_pool
+from tests.pytorchvideo_reference import pytorchvideo_hub
+from tests.reference import randomize_, relative_error
 
 RTOL = 1e-4
 

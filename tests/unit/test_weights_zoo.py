@@ -28,7 +28,7 @@ from pipeline.weights import (
     resolve_zoo,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "download_weights.py"
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # > 3 read chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -224,7 +224,8 @@ def test_fetch_zoo_skips_a_good_cached_file(tmp_path: Path, server: _Server) -> 
 @pytest.fixture
 def fake_registry(monkeypatch: pytest.MonkeyPatch, server: _Server, tmp_path: Path):
     """The real registry holding only a zoo model served locally and a model without zoo weights."""
-    registry = pytest.importorskip("pipeline.models.registry")
+    from pipeline.models import registry
+
     base = registry.get_spec("slowfast_tiny")
     zoo = dataclasses.replace(
         base, name="served_model", zoo_url=server.url(), zoo_sha256=PAYLOAD_SHA, zoo_filename="SERVED.pkl"
@@ -324,7 +325,8 @@ def manual_registry(fake_registry):
 
 
 def test_zoo_manual_needs_a_page_and_a_filename() -> None:
-    registry = pytest.importorskip("pipeline.models.registry")
+    from pipeline.models import registry
+
     base = registry.get_spec("slowfast_tiny")
     with pytest.raises(ValueError, match="zoo_manual needs zoo_url"):
         dataclasses.replace(base, zoo_url=DRIVE_PAGE, zoo_manual=True)

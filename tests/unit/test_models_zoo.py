@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from reference import REPO_ROOT, pyslowfast_source
 
 from pipeline.models import build_model, get_spec, list_models
 from pipeline.weights import CheckpointError, load_checkpoint
+from tests.reference import REPO_ROOT, pyslowfast_source
 
 # Our entry -> (PySlowFast config, whether its classifier is this checkpoint's). The Kinetics-600 R101
 # checkpoints are the pre-training named by the AVA configs: their backbone, Kinetics-600's 600 classes.

@@ -629,10 +629,8 @@ def test_zip_that_is_not_a_torch_file(tmp_path: Path) -> None:
 
 
 def _registry():
-    try:
-        from pipeline.models import registry
-    except ImportError as e:
-        pytest.skip(f"pipeline.models not available yet: {e}")
+    from pipeline.models import registry
+
     return registry
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -12,10 +19,19 @@ import numpy as np
 import pytest
 
 from pipeline import decode as dp
+from pipeline.hardware import usable_cpus
 from pipeline.io import DecodeError, Frame, SourceInfo
 from pipeline.sampling import WindowSpec, clip_windows
+from tests.fakes import (
+    FakeOpener,
+    PidModel,
+    PixelModel,
+    engine,
+    expected_pixels,
+    jobs,
+)
 
-SPEC = WindowSpec(4, 1, 2, "sliding", "zero")
+POOL_SPEC = WindowSpec(4, 1, 2, "sliding", "zero")
 INFO = SourceInfo(Path("x"), "video", 4, 4, 10.0, 1.0, 10, "fake")
 
 
@@ -47,7 +63,7 @@ def opener(lengths: dict[str, int], fail: dict[str, int] | None = None):
 
 
 def decode_spec(lengths: dict[str, int], fail: dict[str, int] | None = None) -> dp.DecodeSpec:
-    return dp.DecodeSpec(opener(lengths, fail), lambda image: image[None], SPEC, fps=10.0)
+    return dp.DecodeSpec(opener(lengths, fail), lambda image: image[None], POOL_SPEC, fps=10.0)
 
 
 def job(key: str) -> dp.VideoJob:
@@ -56,7 +72,7 @@ def job(key: str) -> dp.VideoJob:
 
 def expected_first_frames(n: int) -> list[int]:
     """Pixel value of each row's first frame (frame index + 1; 0 where zero padded)."""
-    first = clip_windows(n, SPEC)[:, 0]
+    first = clip_windows(n, POOL_SPEC)[:, 0]
     return [int(i) + 1 if 0 <= i < n else 0 for i in first]
 
 
@@ -219,3 +235,184 @@ def test_a_worker_waits_for_its_slots_to_come_back(backend):
         assert pool.next_item(timeout=1.0) is None
     finally:
         pool.close()
+
+
+# --- through the engine: workers that die, hang or wait; their number and lifetime ------------------
+
+
+@pytest.mark.parametrize(
+    ("misdeed", "reason"),
+    [
+        ("segv", "died with SIGSEGV"),
+        ("kill", "died with SIGKILL (killed from outside; out of memory?)"),
+        ("exit", "exited with code 3"),
+    ],
+)
+def test_a_dying_worker_fails_its_video_and_is_replaced(misdeed, reason):
+    lengths = (12, 30, 12, 12, 12, 12)
+    opener = FakeOpener(lengths, misdeeds=((1, misdeed, 10),))
+    run = engine(PixelModel(), opener, batch_size=2, decode_workers=1)
+    results = {r.job.key: r for r in run.run(jobs(len(lengths)))}
+    bad = results["v1"]
+    assert bad.error == f"DecodeWorkerError: v1.mp4: decode process {reason} while decoding this video"
+    assert bad.features is None
+    for video in (0, 2, 3, 4, 5):
+        result = results[f"v{video}"]
+        assert result.ok, result.error
+        assert np.array_equal(result.features, expected_pixels(video, lengths[video]))
+    assert run.last_pool is not None and run.last_pool.replaced == 1
+
+
+def test_worker_killed_from_outside_mid_video(tmp_path):
+    """The OOM killer's way: SIGKILL from another process while the worker is inside a video."""
+    pidfile = tmp_path / "pid"
+    lengths = (12, 40, 12, 12)
+    opener = FakeOpener(lengths, misdeeds=((1, "pidfile", 20),), arg=str(pidfile))
+
+    def killer() -> None:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    run = engine(PixelModel(), opener, batch_size=2, decode_workers=1, decode_timeout=None)
+    results = {r.job.key: r for r in run.run(jobs(len(lengths)))}
+    thread.join(timeout=5)
+    assert "decode process died with SIGKILL" in results["v1"].error
+    assert all(results[f"v{v}"].ok for v in (0, 2, 3))
+    assert np.array_equal(results["v3"].features, expected_pixels(3, 12))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_a_hanging_video_is_failed_by_the_timeout(backend):
+    lengths = (12, 30, 12, 12)
+    opener = FakeOpener(lengths, misdeeds=((1, "hang", 5),))
+    run = engine(
+        PixelModel(), opener, batch_size=2, decode_workers=2, decode_timeout=1.0, decode_backend=backend
+    )
+    results = {r.job.key: r for r in run.run(jobs(len(lengths)))}
+    assert (
+        results["v1"].error == "DecodeTimeout: v1.mp4: no decoding progress for 1 s (data.decode_timeout_s)"
+    )
+    for video in (0, 2, 3):
+        assert np.array_equal(results[f"v{video}"].features, expected_pixels(video, lengths[video]))
+
+
+def test_a_worker_waiting_for_a_slow_model_is_not_timed_out():
+    """Back-pressure is not a hang: the worker waits for slots far longer than the timeout."""
+    lengths = (40,)
+    model = PixelModel(sleep_s=0.3)
+    run = engine(model, FakeOpener(lengths), batch_size=1, queue_size=2, decode_timeout=0.5)
+    (result,) = list(run.run(jobs(1)))
+    assert result.ok, result.error
+    assert np.array_equal(result.features, expected_pixels(0, 40))
+    assert sum(model.batch_sizes) == 10
+
+
+def test_an_ordinary_decode_error_is_still_one_line():
+    lengths = (12, 12)
+    run = engine(PixelModel(), FakeOpener(lengths, misdeeds=((0, "raise", 4),)), batch_size=2)
+    results = {r.job.key: r for r in run.run(jobs(2))}
+    assert results["v0"].error == "ValueError: bad frame 4"
+    assert results["v1"].ok and run.last_pool.replaced == 0
+
+
+def test_workers_live_for_the_whole_run():
+    """Many short videos, two worker processes: every clip comes from one of the same two pids."""
+    lengths = (6,) * 16
+    run = engine(PidModel(), FakeOpener(lengths, pid=True), batch_size=4, decode_workers=2)
+    results = list(run.run(jobs(len(lengths))))
+    pids = {int(p) for r in results for p in r.features.ravel()}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_decode_workers_beyond_the_cpus_are_clamped(caplog):
+    cpus = usable_cpus()
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
+        run = engine(PixelModel(), FakeOpener((5,)), decode_workers=cpus + 7)
+    assert run.decode_workers == cpus
+    assert f"hardware.decode_workers={cpus + 7} is more than the {cpus} CPUs" in caplog.text
+
+
+def test_zero_decode_workers_means_one_per_usable_cpu(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")  # a Slurm task's CPUs win over the affinity mask
+    assert usable_cpus() == 3
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    run = engine(PixelModel(), FakeOpener((5, 7)), decode_workers=0)
+    assert run.decode_workers == usable_cpus()
+    results = {r.job.key: r for r in run.run(jobs(2))}
+    for video, n in enumerate((5, 7)):
+        assert np.array_equal(results[f"v{video}"].features, expected_pixels(video, n))
+
+
+def test_stopping_early_stops_the_workers():
+    lengths = (400, 400)
+    run = engine(PixelModel(), FakeOpener(lengths), batch_size=1, decode_workers=2, queue_size=2)
+    results = run.run(jobs(2))
+    processes = None
+    for _ in results:  # nothing finishes quickly; take the pool while it runs, then stop
+        break
+    pool = run.last_pool
+    assert pool is not None
+    processes = [w.handle for w in pool.workers.values()]
+    results.close()
+    assert processes and not any(p.is_alive() for p in processes)
+    assert not pool.workers
+
+
+ORPHAN_SCRIPT = """
+import sys
+sys.path[:0] = [{root!r}]
+import tests.fakes as t
+
+class Announcing(t.PixelModel):
+    def __call__(self, clips, valid):
+        print("model busy", flush=True)
+        return super().__call__(clips, valid)
+
+run = t.engine(Announcing(sleep_s=60), t.FakeOpener((4000,)), batch_size=1, queue_size=2)
+list(run.run(t.jobs(1)))
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_do_not_outlive_a_killed_engine(tmp_path):
+    """SIGKILL of the engine's process (no cleanup runs): its decode workers notice and exit."""
+    script = tmp_path / "engine.py"
+    root = Path(__file__).resolve().parents[2]
+    script.write_text(ORPHAN_SCRIPT.format(root=str(root)))
+    engine_process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert engine_process.stdout.readline().strip() == "model busy"
+        workers = children_of(engine_process.pid)
+        assert workers
+    finally:
+        engine_process.kill()
+        engine_process.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
