@@ -210,14 +210,14 @@ def cuda_test_ids(tests_dir: Path) -> list[str]:
     """Test functions that skip without a GPU: `not torch.cuda.is_available()` in their decorators or body
     (tests that skip *with* a GPU say `torch.cuda.is_available()` without the `not`)."""
     ids = []
-    for path in sorted(tests_dir.glob("test_*.py")):
+    for path in sorted(tests_dir.rglob("test_*.py")):
         source = path.read_text()
         for node in ast.parse(source).body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 text = "\n".join(ast.get_source_segment(source, d) or "" for d in node.decorator_list)
                 text += ast.get_source_segment(source, node) or ""
                 if NEEDS_CUDA.search(text):
-                    ids.append(f"{path.name}::{node.name}")
+                    ids.append(f"{path.relative_to(tests_dir).as_posix()}::{node.name}")
     return ids
 
 

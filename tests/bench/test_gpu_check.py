@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_cuda_tests_are_found_by_their_cuda_check() -> None:
     ids = cuda_test_ids(REPO / "tests")
-    assert "test_fast_paths.py::test_gpu_paths_match_cpu_fp32" in ids
-    assert "test_transforms.py::test_normalize_clips_on_device" in ids
-    assert "test_fast_paths.py::test_batches_run_in_inference_mode" not in ids
-    assert "test_gpu_check.py::test_without_cuda_the_gpu_check_refuses" not in ids  # skips *with* a GPU
+    assert "unit/test_inference.py::test_gpu_paths_match_cpu_fp32" in ids
+    assert "unit/test_transforms.py::test_normalize_clips_on_device" in ids
+    assert "unit/test_inference.py::test_batches_run_in_inference_mode" not in ids
+    assert "bench/test_gpu_check.py::test_without_cuda_the_gpu_check_refuses" not in ids  # skips *with* a GPU
 
 
 def test_quick_cpu_check_writes_every_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
