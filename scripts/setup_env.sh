@@ -18,6 +18,8 @@ if [ "${1:-}" = "test" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps slowfast==1.0 yacs simplejson
   # Test-only reference: pytorchvideo==0.1.5 (its hub models; torchvision is stubbed in the tests).
   "$VENV/bin/python" -m pip install -q --no-deps pytorchvideo==0.1.5 iopath
+  # Test-only reference: VideoMAE V2's model file imports timm (torchvision is stood in for in the tests).
+  "$VENV/bin/python" -m pip install -q --no-deps timm==1.0.31
 else
   "$VENV/bin/python" -m pip install -q -e .
 fi

@@ -11,7 +11,7 @@ class ModelSpec:
     """Static description of a model: architecture, input sampling, preprocessing and zoo file."""
 
     name: str  # e.g. "slowfast_r50"
-    arch: str  # "slowfast" | "slow" | "c2d" | "i3d" | "x3d" | "mvit"
+    arch: str  # "slowfast" | "slow" | "c2d" | "i3d" | "x3d" | "mvit" | "videomae"
     num_frames: int  # T fed to the (fast) pathway
     sampling_rate: int  # tau, in frames
     crop_size: int  # test crop

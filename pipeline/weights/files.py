@@ -2,11 +2,13 @@
 reading it without running code from it.
 
 PyTorch files go through ``torch.load(weights_only=True)``; Caffe2 pickles through a restricted unpickler
-that only rebuilds numpy arrays, so a crafted file cannot run code.
+that only rebuilds numpy arrays, so a crafted file cannot run code; safetensors files hold no code at all.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import pickle
 import pickletools
 from collections.abc import Iterator, Mapping
@@ -26,6 +28,10 @@ _SNIFF_MAX_BYTES = 16 << 20
 # The dicts a training script wraps its model state in (PySlowFast, torchvision-style scripts, DeiT/
 # VideoMAE-style `model` / `module`); the first present one that is a mapping is the state.
 STATE_WRAPPERS = ("model_state", "state_dict", "model", "module")
+# Plain-data classes a training script saves beside the weights, allowed to torch's weights-only unpickler:
+# DeiT / VideoMAE-style scripts save their command line as `args` (an argparse.Namespace of plain values).
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on its JSON header
 
 
 def _archive_kind(head: bytes) -> str | None:
@@ -50,18 +56,29 @@ def _pickle_ops(f: BinaryIO) -> Iterator[tuple[str, Any]]:
             yield opcode.name, arg
 
 
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= min(size - 8, _SAFETENSORS_MAX_HEADER)
+
+
 def sniff_format(path: Path | str) -> str:
-    """'pytorch' or 'caffe2', judged from the file's bytes; anything else raises CheckpointError."""
+    """'pytorch', 'safetensors' or 'caffe2', judged from the file's bytes; else CheckpointError."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             head = f.read(512)
+            size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
     if not head:
         raise CheckpointError(path, "is empty")
     if head.startswith(b"PK\x03\x04"):
         return "pytorch"
+    if _is_safetensors(head, size):
+        return "safetensors"
     kind = _archive_kind(head)
     if kind is not None:
         raise CheckpointError(path, f"is a {kind} archive, unpack it first")
@@ -110,7 +127,8 @@ def read_pytorch(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     (optimizer_state, epoch, cfg, ...) and non-tensor entries inside it. A bare dict must hold only tensors.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             path, f"refused by torch.load(weights_only=True): {_weights_only_reason(e)}"
@@ -144,6 +162,23 @@ def read_pytorch(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     if not state:
         raise CheckpointError(path, "holds no tensors")
     return state, left
+
+
+# --------------------------------------------------------------------------- safetensors files
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (e.g. a Hugging Face `model.safetensors`), on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(path, f"is a truncated or corrupt safetensors file ({e})") from e
+    if not state:
+        raise CheckpointError(path, "holds no tensors")
+    return state
 
 
 # --------------------------------------------------------------------------- Caffe2 files

@@ -41,13 +41,16 @@ def list_formats() -> list[str]:
     return [fmt.name for fmt in _FORMATS]
 
 
-def convert_state(path: Path, state: dict[str, torch.Tensor], left: list[str]) -> CheckpointState:
+def convert_state(
+    path: Path, state: dict[str, torch.Tensor], left: list[str], container: str = "pytorch"
+) -> CheckpointState:
     """The state under our names: converted by the first naming that recognises its keys, else as is.
 
     `left` names what the reader did not take (training extras beside the weights); it stays in `ignored`.
+    `container` ("pytorch" or "safetensors") is the format reported for a state taken as is.
     """
     for fmt in _FORMATS:
         if fmt.detect(state):
             converted = fmt.convert(path, state)
             return converted._replace(ignored=(*converted.ignored, *left))
-    return CheckpointState("pytorch", state, tuple(left))
+    return CheckpointState(container, state, tuple(left))

@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.outputs import file_sha256
 from pipeline.weights.caffe2 import convert_caffe2
-from pipeline.weights.files import read_caffe2_blobs, read_pytorch, sniff_format
+from pipeline.weights.files import read_caffe2_blobs, read_pytorch, read_safetensors, sniff_format
 from pipeline.weights.formats import convert_state
 from pipeline.weights.state import LIST_LIMIT, CheckpointError, CheckpointState, short_list
 
@@ -32,7 +32,7 @@ class LoadReport:
     """What load_checkpoint put into the model."""
 
     path: Path
-    format: str  # "pytorch" | "caffe2" | a registered foreign naming ("pytorchvideo", ...)
+    format: str  # "pytorch" | "safetensors" | "caffe2" | a registered foreign naming ("pytorchvideo", ...)
     sha256: str
     n_loaded: int
     ignored: tuple[str, ...]  # checkpoint entries not loaded (optimizer blobs, skipped head, ...)
@@ -68,8 +68,11 @@ def _check_requirements(path: Path, checkpoint: CheckpointState, model: nn.Modul
 def read_state_dict(path: Path | str) -> CheckpointState:
     """Sniff and read a checkpoint; tensors keyed by our parameter names (no model needed)."""
     path = Path(path)
-    if sniff_format(path) == "caffe2":
+    container = sniff_format(path)
+    if container == "caffe2":
         return convert_caffe2(path, read_caffe2_blobs(path))
+    if container == "safetensors":
+        return convert_state(path, read_safetensors(path), [], "safetensors")
     state, left = read_pytorch(path)
     return convert_state(path, state, left)
 
