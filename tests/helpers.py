@@ -91,3 +91,15 @@ def tiny_clip_model(name: str = "slowfast_tiny", **kwargs: Any) -> Any:
     torch.manual_seed(0)
     options = {"device": torch.device("cpu"), "mean": [0.45] * 3, "std": [0.225] * 3, **kwargs}
     return TorchClipModel(build_model(name), **options)
+
+
+def check_model_input(cfg: Any) -> None:
+    """The start-up checks of a composed config: its values (validate), then the model against the data
+    (a fixed-input model refuses other clip sizes), as `pipeline.run.plan_run` does first."""
+    from pipeline.assemble import as_object
+    from pipeline.config import validate
+    from pipeline.inference import check_model_config
+
+    validate(cfg)
+    typed = as_object(cfg)
+    check_model_config(typed.model, typed.data)

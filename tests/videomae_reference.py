@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from reference import skip_or_fail
+
+from tests.reference import skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VIDEOMAEV2_ENV = "VIDEOMAEV2_SRC"

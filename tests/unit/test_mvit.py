@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from pipeline.api import compose_config
-from pipeline.assemble import as_object
-from pipeline.config import ConfigError, validate
-from pipeline.inference import TorchClipModel, check_model_config
+from pipeline.config import ConfigError
+from pipeline.inference import TorchClipModel
 from pipeline.models import ClipShapeError, build_model, get_spec, list_models
 from pipeline.models.mvit_layers import MViTConfig, layer_plans
 from pipeline.models.registry import native_input
 from pipeline.transforms import normalize_clips
 from pipeline.weights import CheckpointError, load_checkpoint
 from pipeline.weights import zoo as weights
+from tests.helpers import check_model_input
 
 MVIT_MODELS = [name for name in list_models() if get_spec(name).arch == "mvit"]
 TINY = ["mvitv1_tiny", "mvitv2_tiny", "rev_mvit_tiny"]
@@ -151,13 +151,6 @@ def test_validation_of_short_side_crop_and_the_native_defaults(tmp_path) -> None
     with pytest.raises(ConfigError, match=r"^data.resize.crop: must be 32 for model rev_mvit_tiny"):
         check_model_input(compose_config("rev_mvit_tiny", [*base, "data.resize.crop=24"]))
     check_model_input(compose_config("slowfast_tiny", [f"data.root={tmp_path}", "data.num_frames=16"]))
-
-
-def check_model_input(cfg) -> None:
-    """The start-up checks of a composed config: its values (validate), then model against data."""
-    validate(cfg)
-    typed = as_object(cfg)
-    check_model_config(typed.model, typed.data)
 
 
 def _caffe2_file(path: Path) -> Path:

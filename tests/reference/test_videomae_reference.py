@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from reference import relative_error
 from torch import nn
-from videomae_reference import builder_arguments, import_finetune_reference
 
 from pipeline.models import build_model, get_spec
 from pipeline.models.videomae import VideoMAEConfig
 from pipeline.weights import load_checkpoint
+from tests.reference import relative_error
+from tests.videomae_reference import builder_arguments, import_finetune_reference
 
 RTOL = 1e-4
 # Our model of each size, and their registered builder of that size.

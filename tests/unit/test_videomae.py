@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from videomae_reference import TAD_STRIDE, tad_clip, tad_features, tad_windows, videomaev2_source
 
 from pipeline import synth
 from pipeline.api import FeatureExtractor, compose_config
-from pipeline.config import ConfigError, validate
+from pipeline.config import ConfigError
 from pipeline.models import ClipShapeError, build_model, get_spec, list_models, load_labels
 from pipeline.models.registry import native_input
 from pipeline.models.videomae import sinusoid_table
 from pipeline.weights import CheckpointError, load_checkpoint, read_state_dict, sniff_format
 from pipeline.weights.transformers_videomae import is_transformers_naming, transformers_key_map
 from pipeline.weights.videomae import is_videomae_naming
+from tests.helpers import check_model_input
+from tests.videomae_reference import TAD_STRIDE, tad_clip, tad_features, tad_windows, videomaev2_source
 
 VIDEOMAE = [name for name in list_models() if get_spec(name).arch == "videomae"]
 ZOO = [name for name in VIDEOMAE if name != "videomae_tiny"]
@@ -80,11 +81,13 @@ def test_native_input_fixes_frames_and_crop_not_the_rate(tmp_path: Path) -> None
         spec = get_spec(name)
         assert native_input(name) == (spec.num_frames, None, spec.crop_size)
     base = [f"data.root={tmp_path}"]
-    validate(compose_config("videomae_tiny", [*base, "data.sampling_rate=1"]))  # the TAD recipe's tau
+    check_model_input(
+        compose_config("videomae_tiny", [*base, "data.sampling_rate=1"])
+    )  # the TAD recipe's tau
     with pytest.raises(ConfigError, match=r"^data.num_frames: must be 4 for model videomae_tiny"):
-        validate(compose_config("videomae_tiny", [*base, "data.num_frames=8"]))
+        check_model_input(compose_config("videomae_tiny", [*base, "data.num_frames=8"]))
     with pytest.raises(ConfigError, match=r"^data.resize.size: must be \[32, 32\]"):
-        validate(compose_config("videomae_tiny", [*base, "data.resize.size=[32,40]"]))
+        check_model_input(compose_config("videomae_tiny", [*base, "data.resize.size=[32,40]"]))
 
 
 def test_kinetics710_labels() -> None:
