@@ -7,6 +7,7 @@ that only rebuilds numpy arrays, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import pickletools
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,10 @@ from pipeline.weights.state import CheckpointError
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _SNIFF_MAX_OPS = 10_000
 _SNIFF_MAX_BYTES = 16 << 20
+# Plain-data classes a checkpoint may hold beside its tensors that weights-only loading may rebuild: the
+# argparse Namespace that torchvision-reference-style training scripts save as "args" (TSP's train.py).
+# It only gets attributes set from the pickle; nothing is called.
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 # The dicts a training script wraps its model state in (PySlowFast, torchvision-style scripts, DeiT/
 # VideoMAE-style `model` / `module`); the first present one that is a mapping is the state.
 STATE_WRAPPERS = ("model_state", "state_dict", "model", "module")
@@ -110,7 +115,8 @@ def read_pytorch(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     (optimizer_state, epoch, cfg, ...) and non-tensor entries inside it. A bare dict must hold only tensors.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             path, f"refused by torch.load(weights_only=True): {_weights_only_reason(e)}"
