@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ from tsp_reference import (
     tsp_extract,
     tsp_model,
     tsp_modules,
+    tsp_source,
 )
 
-from pipeline.models import build_model
+from pipeline.models import build_model, get_spec, list_models
 from pipeline.weights import load_checkpoint
 
 RTOL = 1e-4
@@ -37,6 +39,22 @@ CASES = [
     ("r2plus1d_18", "r2plus1d_18_tac_activitynet", [200], False, True, (16, 112)),
     ("r3d_18", "r3d_18_tsp_activitynet", [200, 2], True, False, (16, 112)),
 ]
+
+
+def test_registry_holds_the_release_table() -> None:
+    """Every checkpoint link of TSP's extract_features/README.md, and MODEL_URLS of extract_features.py, is
+    one registered model's zoo_url, named as TSP names it with '-' -> '_' and '_on' dropped."""
+    folder = tsp_source() / "extract_features"
+    readme = (folder / "README.md").read_text()
+    table = dict(re.findall(r"\| `([\w-]+)`\s*\|[^|]*\| \[checkpoint\]\((\S+)\) \|", readme))
+    script = dict(
+        re.findall(r"'([\w-]+)'\s*:\s*'(https://\S+\.pth)'", (folder / "extract_features.py").read_text())
+    )
+    assert len(table) == 13 and script == table
+    ours = {get_spec(n).zoo_url: n for n in list_models() if get_spec(n).arch in ("r2plus1d", "r3d")}
+    assert set(ours) - {None} == set(table.values())
+    for tsp_name, url in table.items():
+        assert ours[url] == tsp_name.replace("-", "_").replace("_on_", "_"), url
 
 
 def _randomize_heads(model: nn.Module, seed: int) -> None:
