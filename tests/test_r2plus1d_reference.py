@@ -121,7 +121,7 @@ def test_features_and_logits_equal_tsp(
     ],
 )
 def test_batch_norms_and_convs_are_built_as_tsp_builds_them(backbone: str, name: str) -> None:
-    """Same conv geometry (kernel, stride, padding, channels) and batch norm eps / momentum, module by module."""
+    """Same conv geometry (kernel, stride, padding, channels) and batch norm eps / momentum, per module."""
     ref = tsp_model(backbone, [400]).features
     ours = build_model(name)
     theirs = dict(ref.named_modules())

@@ -12,29 +12,29 @@ TSP's backbone.py imports from, `pandas` (the few DataFrame calls of eval_video_
 under CI=true (`reference.skip_or_fail`).
 
 The extraction algorithm (`tsp_extract`), as TSP's extract_features/ runs it with its defaults
-(opts.py:388-393: --clip-len 16, --frame-rate 15, --stride 16), for frames already at 15 fps:
+(extract_features/opts.py:53-58: --clip-len 16, --frame-rate 15, --stride 16), for frames already at 15 fps:
 
 - Frame rate (eval_video_dataset.py:134-139, 153-162): the video's frames are resampled from its fps to
   `frame_rate` by index: step = fps / frame_rate; an integer step takes every step-th frame
   (`np.arange(video_frames)[::step]`: ceil(frames / step) frames, one more than the int(frames * rate / fps)
   it computes for a non-integer step), otherwise floor(i * step) for i < int(frames * rate / fps). Videos are
-  first standardised to 30 fps (data/standardize_videos_to_constant_30fps_mp4.sh:20:
+  first standardised to 30 fps (data/standardize_videos_to_constant_30fps_mp4.sh:30:
   `ffmpeg -y -i <in> -filter:v fps=fps=30 <out>.mp4`), so 15 fps is every 2nd frame.
 - Clips (eval_video_dataset.py:140): clip k starts at resampled frame k * stride, for every start with a
   full clip (start + clip_length <= frames): the frames after the last full clip are dropped, nothing is
   padded. (A video with fewer than clip_length frames has no clip, and line 147 `is_last_clip[-1] = 1`
   then raises IndexError.) Each clip is read back by time: frames with pts in [start, start + 16 / 15 s]
   of the 30 fps video, every 2nd, the first 16 (lines 61-67): the 16 consecutive resampled frames.
-- Transform (extract_features.py:230-238, common/transforms.py): uint8 (T, H, W, C) -> (C, T, H, W) float
-  / 255 (line 96); `F.interpolate(vid, size=(128, 171), mode="bilinear", align_corners=False)` on that 4-D
+- Transform (extract_features.py:68-76, common/transforms.py): uint8 (T, H, W, C) -> (C, T, H, W) float
+  / 255 (line 43); `F.interpolate(vid, size=(128, 171), mode="bilinear", align_corners=False)` on that 4-D
   tensor, i.e. each of the C channel planes is a batch entry and the T frames are its channels: every frame
-  is resized to 128 x 171 (H x W) whatever its aspect (line 85); (x - mean) / std per channel with
-  mean (0.43216, 0.394666, 0.37645), std (0.22803, 0.22145, 0.216989) (line 100); centre crop 112 x 112 at
-  offsets int(round((128 - 112) / 2)) = 8, int(round((171 - 112) / 2)) = round(29.5) = 30 (line 66).
-- Features (extract_features.py:209-217, 277-286; models/model.py:102-139): the backbone with its `fc`
+  is resized to 128 x 171 (H x W) whatever its aspect (lines 29-33); (x - mean) / std per channel with
+  mean (0.43216, 0.394666, 0.37645), std (0.22803, 0.22145, 0.216989) (lines 47-51); centre crop 112 x 112 at
+  offsets int(round((128 - 112) / 2)) = 8, int(round((171 - 112) / 2)) = round(29.5) = 30 (lines 13-14).
+- Features (extract_features.py:47-55, 105-124; models/model.py:29-39, 50-67): the backbone with its `fc`
   emptied: layer4's global average, 512-d; rows stacked in clip order into one (N, 512) float32 array per
   video (eval_video_dataset.py:98-113), pickled as <video name up to its first '.'>.pkl;
-  merge_pkl_files_into_one_h5_feature_file.py:309-318 writes one HDF5 dataset per video at the file's root,
+  merge_pkl_files_into_one_h5_feature_file.py:14-23 writes one HDF5 dataset per video at the file's root,
   named by the pkl name, gzip level 9, chunked, no attributes.
 """
 
@@ -139,7 +139,7 @@ _CACHE: dict[str, Any] = {}
 
 
 def torchvision_video_resnet() -> ModuleType:
-    """torchvision 0.5.0's video resnet module, loaded from its file (as `_tsp_ref_tv.models.video.resnet`)."""
+    """torchvision 0.5.0's video resnet module, loaded from its file as `_tsp_ref_tv.models.video.resnet`."""
     if "tv" not in _CACHE:
         path = torchvision_resnet_file()
         sys.modules.setdefault("_tsp_ref_tv", _package("_tsp_ref_tv"))

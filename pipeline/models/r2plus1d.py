@@ -259,8 +259,8 @@ _RELEASE_FILES = (
 
 
 def release_spec(file: str) -> ModelSpec:
-    """The spec of one released checkpoint, named as TSP names it with "_" for "-" and "_on" dropped
-    (max_gvf, the main models' GVF, left out): r2plus1d_34-tsp_on_activitynet -> r2plus1d_34_tsp_activitynet."""
+    """The spec of one released checkpoint, named as TSP names it with "_" for "-" and "_on" dropped;
+    TSP's names leave the main models' max_gvf out (r2plus1d_34-tsp_on_activitynet: the max_gvf file)."""
     backbone, task, *rest = file.removesuffix(".pth").split("-")
     method, _, dataset = task.partition("_on_")
     gvf = rest[0] if rest and rest[0].endswith("_gvf") else None
