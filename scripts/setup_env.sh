@@ -6,7 +6,25 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)${1:+-$1}"
-if [ -f "$stamp" ]; then exit 0; fi
+
+# Test-only reference: torchvision 0.5.0's video ResNet (the version TSP pins), one source file from its
+# wheel into .cache/ (git-ignored). torchvision does not import beside our torch; tests/tsp_reference.py
+# loads the file with stand-ins. Run once per checkout, whatever the venv's state.
+torchvision_reference() {
+  local dir=.cache/torchvision-0.5.0
+  [ -f "$dir/torchvision/models/video/resnet.py" ] && return 0
+  "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 \
+    --python-version 37 torchvision==0.5.0 -d "$dir/wheel"
+  "$VENV/bin/python" -c 'import glob, sys, zipfile
+(wheel,) = glob.glob(sys.argv[1] + "/wheel/torchvision-0.5.0-*.whl")
+zipfile.ZipFile(wheel).extract("torchvision/models/video/resnet.py", sys.argv[1])' "$dir"
+  rm -rf "$dir/wheel"
+}
+
+if [ -f "$stamp" ]; then
+  if [ "${1:-}" = "test" ]; then torchvision_reference; fi
+  exit 0
+fi
 echo "setting up $VENV (once) ..." >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -20,6 +38,7 @@ if [ "${1:-}" = "test" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps pytorchvideo==0.1.5 iopath
   # Test-only reference: VideoMAE V2's model file imports timm (torchvision is stood in for in the tests).
   "$VENV/bin/python" -m pip install -q --no-deps timm==1.0.31
+  torchvision_reference
 else
   "$VENV/bin/python" -m pip install -q -e .
 fi

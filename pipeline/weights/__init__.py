@@ -5,7 +5,12 @@ maps of foreign namings (`caffe2`, `pytorchvideo`, ... registered in `formats`) 
 Importing this package imports every key-map module, and each registers its naming.
 """
 
-from pipeline.weights import pytorchvideo, transformers_videomae, videomae  # noqa: F401 - each registers its key format
+from pipeline.weights import (  # noqa: F401 - each registers its key format
+    pytorchvideo,
+    transformers_videomae,
+    tsp,
+    videomae,
+)
 from pipeline.weights.cli import main
 from pipeline.weights.files import sniff_format
 from pipeline.weights.loading import LoadReport, is_head_key, load_checkpoint, read_state_dict

@@ -29,7 +29,8 @@ _SNIFF_MAX_BYTES = 16 << 20
 # VideoMAE-style `model` / `module`); the first present one that is a mapping is the state.
 STATE_WRAPPERS = ("model_state", "state_dict", "model", "module")
 # Plain-data classes a training script saves beside the weights, allowed to torch's weights-only unpickler:
-# DeiT / VideoMAE-style scripts save their command line as `args` (an argparse.Namespace of plain values).
+# DeiT / VideoMAE-style and torchvision-reference-style scripts (TSP's train.py) save their command line as
+# `args` (an argparse.Namespace: it only gets attributes set from the pickle, nothing is called).
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on its JSON header
 

@@ -52,6 +52,12 @@ def _check_arch(path: Path, checkpoint: CheckpointState, model: nn.Module) -> No
     )
 
 
+# Why a requirement differs, for the attributes whose name alone does not say it.
+_REQUIREMENT_HINTS = {
+    "temporal_pool": " (pytorchvideo's C2D / I3D pool time by 2 after res2, PySlowFast's C2D 'nopool' does not)",
+}
+
+
 def _check_requirements(path: Path, checkpoint: CheckpointState, model: nn.Module) -> None:
     """CheckpointError when the model lacks an attribute value the weights were trained with."""
     for attribute, value in checkpoint.requires:
@@ -60,8 +66,8 @@ def _check_requirements(path: Path, checkpoint: CheckpointState, model: nn.Modul
             raise CheckpointError(
                 path,
                 f"was trained with {attribute}={value} but {type(model).__name__} "
-                f"{getattr(getattr(model, 'spec', None), 'name', '')!s} has {attribute}={have} "
-                "(pytorchvideo's C2D / I3D pool time by 2 after res2, PySlowFast's C2D 'nopool' does not)",
+                f"{getattr(getattr(model, 'spec', None), 'name', '')!s} has {attribute}={have}"
+                + _REQUIREMENT_HINTS.get(attribute, ""),
             )
 
 
@@ -188,7 +194,14 @@ def load_checkpoint(path: Path | str, model: nn.Module, *, require_head: bool) -
         hint = ""
         if len(to_load) < len(model_state) // 2:
             hint = " (is it a checkpoint for a different architecture?)"
-        raise CheckpointError(path, f"does not fit {type(model).__name__}{hint}: " + "; ".join(parts))
+        what = f"does not fit {type(model).__name__}{hint}"
+        if all(is_head(k) for k in missing + unexpected + [m.split(":", 1)[0] for m in mismatched]):
+            what = (
+                f"its classifier does not fit {type(model).__name__} "
+                f"{getattr(getattr(model, 'spec', None), 'name', '')!s} "
+                "(the backbone fits: features load without logits)"
+            )
+        raise CheckpointError(path, f"{what}: " + "; ".join(parts))
 
     if head_problem:  # all or nothing: a partly loaded classifier is worse than none
         skipped = sorted(k for k in to_load if is_head(k))

@@ -26,7 +26,7 @@ _PTV_ARCH_NAMES = {
     "resnet": "ResNet (Slow / C2D / I3D)",
     "x3d": "X3D",
     "mvit": "MViT / vision transformer",
-    "r2plus1d": "R(2+1)D",
+    "r2plus1d": "R(2+1)D-50 (bottleneck blocks)",
     "csn": "CSN (channel-separated ResNet)",
     "audio_visual_slowfast": "audio-visual SlowFast",
 }
