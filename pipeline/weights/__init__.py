@@ -5,7 +5,7 @@ maps of foreign namings (`caffe2`, `pytorchvideo`, ... registered in `formats`) 
 Importing this package imports every key-map module, and each registers its naming.
 """
 
-from pipeline.weights import pytorchvideo  # noqa: F401 - registers its key format
+from pipeline.weights import i3d_inception, pytorchvideo  # noqa: F401 - each registers its key format
 from pipeline.weights.cli import main
 from pipeline.weights.files import sniff_format
 from pipeline.weights.loading import LoadReport, is_head_key, load_checkpoint, read_state_dict
