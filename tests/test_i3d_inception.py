@@ -142,11 +142,15 @@ def test_logits_are_the_mean_of_the_per_position_logits() -> None:
     assert torch.allclose(model.logits(features), per_position.mean(dim=(2, 3, 4)), rtol=1e-5, atol=1e-5)
 
 
-def test_batch_norms_fold() -> None:
+@pytest.mark.parametrize("name", list(TINY))
+def test_batch_norms_fold(name: str) -> None:
+    """The engine's folding probes each model with clips of its own channel count (flow: 2)."""
+    assert get_spec(name).input_channels == TINY[name]
     torch.manual_seed(0)
-    model = build_model("i3d_inception_tiny")
+    model = build_model(name)
     folded, count = fold_batch_norms(model)
     assert count == sum(isinstance(m, nn.BatchNorm3d) for m in model.modules()) == 57
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
 
 
 # --------------------------------------------------------------------------- loading
