@@ -30,9 +30,11 @@ from i3d_reference import (
     pytorch_i3d_source,
 )
 from PIL import Image
+from reference import skip_or_fail
 from torch import nn
 
 from pipeline.models import build_model
+from pipeline.models.i3d_inception import same_padding
 from pipeline.weights import load_checkpoint
 
 RTOL = 1e-4
@@ -100,8 +102,6 @@ def test_odd_sizes_average_the_pooled_positions(pair: tuple) -> None:
 
 
 def test_same_padding_equals_the_reference_s() -> None:
-    from pipeline.models.i3d_inception import same_padding
-
     reference = pytorch_i3d()
     for kernel, stride in (
         ((7, 7, 7), (2, 2, 2)),
@@ -124,7 +124,8 @@ def test_same_padding_equals_the_reference_s() -> None:
 
 
 def probe_features(clips: torch.Tensor) -> torch.Tensor:
-    """A cheap model stand-in that sees where and when values are: 2 x 2 x 2 mean pools, per channel."""
+    """A cheap model stand-in that sees where and when values are: 2 x 2 x 2 mean pools per channel and a
+    sparse grid of squared values."""
     return torch.cat(
         [F.adaptive_avg_pool3d(clips, 2).flatten(1), clips[:, :, ::5, ::37, ::41].flatten(1) ** 2], 1
     )
@@ -149,11 +150,11 @@ class ProbeI3d(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def script(tmp_path_factory: pytest.TempPathFactory) -> Iterator[types.ModuleType]:
+def script() -> Iterator[types.ModuleType]:
     """Finspire13's extract_features.py, imported with stand-ins: no torchvision, CUDA or debugger needed."""
     path = pytorch_i3d_source() / "feature_extraction" / "extract_features.py"
     if not path.is_file():
-        pytest.skip(f"no {path}")
+        skip_or_fail(f"Finspire13's feature-extraction script not found at {path}")
     saved = {name: sys.modules.get(name) for name in ("torchvision", "pytorch_i3d")}
     sys.modules["torchvision"] = types.ModuleType("torchvision")
     fake = types.ModuleType("pytorch_i3d")

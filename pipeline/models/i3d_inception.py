@@ -11,7 +11,7 @@ What the network computes follows pytorch-i3d exactly:
   kernel k and stride d the total pad is max(k - d, 0) when d divides s, else max(k - s % d, 0); the
   front gets half (rounded down), the back the rest. Max pools pad with zeros the same way (their
   inputs follow a ReLU, so zero padding never wins over a real value).
-- Batch norm eps 1e-3, momentum 0.01 (DeepMind's Sonnet settings).
+- Batch norm eps 1e-3, momentum 0.01.
 - The head: a stride-1 average pool of kernel (2, 7, 7) over Mixed_5c, dropout, a 1x1x1 conv with bias.
 
 Features (`pool`, 1024-d at full width) are the mean over positions of that average pool's output: at
@@ -19,7 +19,8 @@ the native 16 x 224 x 224 input it has one position (Mixed_5c is 2 x 7 x 7) and 
 vector `extract_features()` returns, which Finspire13's feature-extraction script reads at [:, :, 0, 0,
 0]. At larger inputs the pool has several positions; their mean is what the logits of DeepMind's
 evaluation average (kinetics-i3d/i3d.py: `tf.reduce_mean(logits, axis=1)`), because the classifier is
-linear. A pool kernel larger than Mixed_5c's output is clamped to it (pytorch-i3d fails there).
+linear (the script would keep the first window only). A pool kernel larger than Mixed_5c's output is
+clamped to it (pytorch-i3d fails there).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ MIXED: dict[str, tuple[int, int, int, int, int, int]] = {
     "Mixed_5b": (256, 160, 320, 32, 128, 128),
     "Mixed_5c": (384, 192, 384, 48, 128, 128),
 }
-# Max pools (kernel, stride) placed before the module of the same key's successor.
+# The four max pools between stages, by pytorch-i3d's endpoint name: (kernel, stride).
 POOLS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "MaxPool3d_2a_3x3": ((1, 3, 3), (1, 2, 2)),
     "MaxPool3d_3a_3x3": ((1, 3, 3), (1, 2, 2)),
