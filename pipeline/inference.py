@@ -155,9 +155,10 @@ def fold_batch_norms(model: VideoModel) -> tuple[VideoModel, int]:
 
 
 def probe_clip(model: VideoModel) -> list[torch.Tensor]:
-    """A seeded random (1, 3, T, PROBE_SIZE, PROBE_SIZE) clip as the model's pathways, on its device."""
+    """A seeded random (1, C, T, PROBE_SIZE, PROBE_SIZE) clip as the model's pathways, on its device."""
     generator = torch.Generator().manual_seed(0)
-    clip = torch.randn(1, 3, model.spec.num_frames, PROBE_SIZE, PROBE_SIZE, generator=generator)
+    shape = (1, model.spec.input_channels, model.spec.num_frames, PROBE_SIZE, PROBE_SIZE)
+    clip = torch.randn(*shape, generator=generator)
     return model.pathways(clip.to(next(model.parameters()).device))
 
 

@@ -147,9 +147,10 @@ def bench_all_models(
     s: Settings, fidelity_video: Path | None = None, names: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting;
-    with a reduced precision also its speed-up and fidelity against fp32 (`compare_with_fp32`)."""
+    with a reduced precision also its speed-up and fidelity against fp32 (`compare_with_fp32`). By
+    default only models of RGB clips (an optical-flow stream needs flow input, not made here)."""
     rows = []
-    for name in names or list_models():
+    for name in names or [n for n in list_models() if get_spec(n).input_channels == 3]:
         spec = get_spec(name)
         one = Settings(
             **{

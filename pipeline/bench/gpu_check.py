@@ -65,7 +65,8 @@ SECTIONS = (
 )
 FP32_TOLERANCE = 1e-4  # relative L2, CPU vs CUDA with TF32 off
 LOW_PRECISION_COSINE = 0.99  # lowest per-clip cosine of bf16 / fp16 features vs fp32
-SMALL_INPUT_ARCHS = ("slowfast", "slow", "c2d", "i3d", "x3d")  # convolutional: any input size >= 64 works
+# Convolutional: any input size >= 64 works.
+SMALL_INPUT_ARCHS = ("slowfast", "slow", "c2d", "i3d", "x3d", "i3d_inception")
 FRAMES_PER_CLIP = 16  # decode plan: a new clip every 16 source frames (stride 16 at the video's rate)
 REPO = Path(__file__).resolve().parents[2]
 NEEDS_CUDA = re.compile(r"\bnot\s+torch\.cuda\.is_available\(\)")
@@ -128,9 +129,14 @@ def random_clips(rows: int, num_frames: int, size: int, seed: int = 0) -> tuple[
 
 
 def family_models(quick: bool) -> dict[str, str]:
-    """One model per family (arch, plus non-local): the smallest registered one ('_tiny' first)."""
+    """One model per family (arch, plus non-local): the smallest registered one ('_tiny' first).
+
+    Only models of RGB clips: an optical-flow stream needs flow input, which these checks do not make.
+    """
     families: dict[str, list[str]] = {}
     for name in list_models():
+        if get_spec(name).input_channels != 3:
+            continue
         arch = get_spec(name).arch
         family = f"{arch}_nln" if "nln" in name else arch
         families.setdefault(family, []).append(name)
@@ -529,7 +535,9 @@ def check_benchmark(opts: Options, budget: Budget) -> dict[str, Any]:
     repeats = 2 if opts.quick else 3
     configs = [(p, True) for p in ("fp32", "bf16")] + [(p, False) for p in ("fp32", "bf16")]
     measured_as = benchmark_models(opts)
-    rows: dict[str, dict[str, Any]] = {name: {} for name, same in measured_as.items() if name == same}
+    rows: dict[str, dict[str, Any]] = {  # measured with RGB clips: optical-flow models are left out
+        name: {} for name, same in measured_as.items() if name == same and get_spec(name).input_channels == 3
+    }
     networks: dict[str, Any] = {}  # built once per model (random initialisation of a R101 takes a while)
     for precision, channels_last in configs:
         for name, row in rows.items():

@@ -48,9 +48,9 @@ def measure_model(
 
 
 def flop_input(model: VideoModel, num_frames: int, size: int) -> torch.Tensor:
-    """A blank clip (1, 3, T, size, size) on the device of the model's weights (the FLOP counter's input)."""
+    """A blank clip (1, C, T, size, size) on the device of the model's weights (the FLOP counter's input)."""
     device = next(model.parameters()).device
-    return torch.zeros(1, 3, num_frames, size, size, device=device)
+    return torch.zeros(1, model.spec.input_channels, num_frames, size, size, device=device)
 
 
 def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:

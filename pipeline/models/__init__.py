@@ -4,7 +4,14 @@ Importing this package imports every family file, and each registers its archite
 (`pipeline.models.registry`). A new family is one file here plus its line below.
 """
 
-from pipeline.models import mvit, r2plus1d, resnet3d, videomae, x3d  # noqa: F401 - each registers its models
+from pipeline.models import (  # noqa: F401 - each registers its models
+    i3d_inception,
+    mvit,
+    r2plus1d,
+    resnet3d,
+    videomae,
+    x3d,
+)
 from pipeline.models.base import ClipShapeError, VideoModel
 from pipeline.models.labels import load_labels
 from pipeline.models.registry import ModelSpec, build_model, get_spec, list_models, register_model

@@ -56,3 +56,9 @@ class ModelSpec:
     def default_feature_layer(self) -> str:
         """The feature layer used when none is requested."""
         return self.feature_layers[0]
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the clips the model takes: 3 (RGB frames) unless its architecture option
+        `in_channels` says otherwise (2: an optical-flow stream, x and y, which RGB clips cannot feed)."""
+        return int(self.builder_kwargs.get("in_channels", 3))

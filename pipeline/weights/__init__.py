@@ -6,6 +6,7 @@ Importing this package imports every key-map module, and each registers its nami
 """
 
 from pipeline.weights import (  # noqa: F401 - each registers its key format
+    i3d_inception,
     pytorchvideo,
     transformers_videomae,
     tsp,

@@ -52,9 +52,10 @@ def _check_arch(path: Path, checkpoint: CheckpointState, model: nn.Module) -> No
     )
 
 
-# Why a requirement differs, for the attributes whose name alone does not say it.
-_REQUIREMENT_HINTS = {
-    "temporal_pool": " (pytorchvideo's C2D / I3D pool time by 2 after res2, PySlowFast's C2D 'nopool' does not)",
+# Why a required model attribute matters, for its error line.
+REQUIREMENT_HINTS = {
+    "temporal_pool": "pytorchvideo's C2D / I3D pool time by 2 after res2, PySlowFast's C2D 'nopool' does not",
+    "in_channels": "3 input channels: an RGB model; 2: an optical-flow (x, y) model",
 }
 
 
@@ -63,11 +64,13 @@ def _check_requirements(path: Path, checkpoint: CheckpointState, model: nn.Modul
     for attribute, value in checkpoint.requires:
         have = getattr(model, attribute, None)
         if have is not None and have != value:
+            what = f"holds {checkpoint.family}, " if checkpoint.family else ""
+            hint = REQUIREMENT_HINTS.get(attribute)
             raise CheckpointError(
                 path,
-                f"was trained with {attribute}={value} but {type(model).__name__} "
+                f"{what}was trained with {attribute}={value} but {type(model).__name__} "
                 f"{getattr(getattr(model, 'spec', None), 'name', '')!s} has {attribute}={have}"
-                + _REQUIREMENT_HINTS.get(attribute, ""),
+                + (f" ({hint})" if hint else ""),
             )
 
 
