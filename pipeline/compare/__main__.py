@@ -1,0 +1,7 @@
+"""`python -m pipeline.compare`."""
+
+import sys
+
+from pipeline.compare.cli import main
+
+sys.exit(main())
