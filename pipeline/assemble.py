@@ -21,6 +21,7 @@ from pipeline.config import (
     DataConfig,
     ExtractConfig,
     HardwareConfig,
+    Interpolation,
     ResizeMode,
     Window,
 )
@@ -77,6 +78,7 @@ def frame_transform(cfg: ExtractConfig) -> FrameTransform:
         channel_order=cfg.model.channel_order.value,
         backend=r.backend.value,
         crop_rounding=r.crop_rounding.value,
+        interpolation=r.interpolation.value,
     )
 
 
@@ -88,11 +90,14 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
     """
     d, m = cfg.data, cfg.model
     resize: dict[str, Any] = {"mode": d.resize.mode.value, "backend": d.resize.backend.value}
-    resize["interpolation"] = frame_transform(cfg).interpolation  # cv2 vs float bilinear: different numbers
-    if d.resize.mode is ResizeMode.square:
+    # how frames are resized (and so what the model sees): OpenCV's uint8 vs float bilinear differ
+    resize["interpolation"] = frame_transform(cfg).recorded_interpolation
+    if d.resize.mode is not ResizeMode.short_side:
         resize["size"] = list(d.resize.size)
-    else:
-        resize.update(short_side=d.resize.short_side, crop=d.resize.crop)
+    if d.resize.mode is ResizeMode.short_side:
+        resize.update(short_side=d.resize.short_side)
+    if d.resize.mode is not ResizeMode.square:
+        resize.update(crop=d.resize.crop)
         if d.resize.crop_rounding is not CropRounding.ceil:  # absent by default: older outputs still match
             resize["crop_rounding"] = d.resize.crop_rounding.value
     return {
@@ -130,6 +135,8 @@ def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
         "centered": d.window is Window.centered,
         "pad": d.pad.value if d.pad.value != defaults.pad.value else None,
         "short": d.resize.mode is ResizeMode.short_side,
+        "fixed": d.resize.mode is ResizeMode.fixed,
+        "interp": d.resize.interpolation.value if d.resize.interpolation is not Interpolation.auto else None,
         "crops": d.crops if d.crops != 1 else None,
         "layer": m.feature_layer,
         "fp16": cfg.output.dtype.value == "float16",

@@ -39,8 +39,21 @@ class Pad(str, Enum):
 
 
 class ResizeMode(str, Enum):
-    square = "square"
-    short_side = "short_side"
+    square = "square"  # squash the whole frame to size [w, h]
+    short_side = "short_side"  # scale the short side, then crops of `crop`
+    fixed = "fixed"  # squash to size [w, h], then crops of `crop` (TSP: 171x128, centre 112)
+
+
+class Interpolation(str, Enum):
+    """How frames are resized (pipeline.transforms.RESIZERS); uint8 ones travel as uint8, float ones as
+    float32 (the recipe's own values, never rounded)."""
+
+    auto = "auto"  # the mode's recipe: square -> opencv; short_side, fixed -> float_bilinear
+    opencv = "opencv"  # cv2.resize INTER_LINEAR on uint8 frames (the old extractor, EPIC)
+    float_bilinear = "float_bilinear"  # F.interpolate(bilinear, align_corners=False) on float frames
+    float_bilinear_antialias = "float_bilinear_antialias"  # the same with antialias=True
+    pil_bilinear = "pil_bilinear"  # PIL Image.resize(BILINEAR) on uint8 frames
+    pil_lanczos = "pil_lanczos"  # PIL Image.resize(LANCZOS), old PIL's ANTIALIAS
 
 
 class CropRounding(str, Enum):
@@ -117,7 +130,8 @@ class ModelConfig:
 
 @dataclass
 class ResizeConfig:
-    """`square` squashes to size [w, h]; `short_side` scales the short side then crops `crop` squares."""
+    """`square` squashes to size [w, h]; `short_side` scales the short side then crops `crop` squares;
+    `fixed` squashes to size [w, h] then crops `crop` squares; `interpolation` says how."""
 
     mode: ResizeMode = ResizeMode.square
     size: list[int] = field(default_factory=lambda: ["${model.crop_size}", "${model.crop_size}"])  # type: ignore[list-item]
@@ -125,6 +139,7 @@ class ResizeConfig:
     crop: int = "${model.crop_size}"  # type: ignore[assignment]
     backend: ResizeBackend = ResizeBackend.torch
     crop_rounding: CropRounding = CropRounding.ceil  # how the centre crop offset (size - crop) / 2 rounds
+    interpolation: Interpolation = Interpolation.auto
 
 
 @dataclass
@@ -279,16 +294,24 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("data.decode_timeout_s", f"must be > 0 or null (got {d.decode_timeout_s})")
     if d.crops not in (1, 3):
         _fail("data.crops", f"must be 1 or 3 (got {d.crops})")
-    if d.crops == 3 and d.resize.mode is not ResizeMode.short_side:
-        _fail("data.crops", "3 crops need data.resize.mode=short_side")
+    if d.crops == 3 and d.resize.mode is ResizeMode.square:
+        _fail("data.crops", "3 crops need data.resize.mode=short_side or fixed (square is the whole frame)")
+    if d.resize.backend is ResizeBackend.ffmpeg and d.resize.interpolation is not Interpolation.auto:
+        _fail(
+            "data.resize.interpolation",
+            f"{d.resize.interpolation.value} resizes after decoding; data.resize.backend=ffmpeg resizes uint8 "
+            "frames in the decoder (swscale): use data.resize.backend=torch or interpolation=auto",
+        )
     if len(d.resize.size) != 2 or min(d.resize.size) < 1:
         _fail("data.resize.size", f"must be [width, height] >= 1 (got {list(d.resize.size)})")
-    if d.resize.mode is ResizeMode.short_side and d.resize.crop < 1:
+    if d.resize.mode is not ResizeMode.square and d.resize.crop < 1:
         _fail("data.resize.crop", f"must be >= 1 (got {d.resize.crop})")
     if d.resize.mode is ResizeMode.short_side and d.resize.crop > d.resize.short_side:
         _fail(
             "data.resize.crop", f"{d.resize.crop} is larger than data.resize.short_side={d.resize.short_side}"
         )
+    if d.resize.mode is ResizeMode.fixed and d.resize.crop > min(d.resize.size):
+        _fail("data.resize.crop", f"{d.resize.crop} is larger than data.resize.size={list(d.resize.size)}")
     if not Path(d.root).expanduser().is_dir():
         _fail("data.root", f"no such directory: {d.root}")
     if h.shard_index is not None and not 0 <= h.shard_index < h.num_shards:

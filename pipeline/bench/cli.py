@@ -49,6 +49,7 @@ from pipeline.bench.model import (
 )
 from pipeline.bench.report import print_report
 from pipeline.bench.settings import Settings
+from pipeline.bench.transport import bench_transport, print_transport
 from pipeline.bench.vs_seed import SEED_DEFAULTS, bench_vs_seed, print_seed_report
 from pipeline.decode import SourceOpener
 from pipeline.hardware import usable_cpus
@@ -257,6 +258,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--probe-e2e", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--layers", action="store_true", help="time every conv alone against its roofline bound")
+    p.add_argument(
+        "--transport",
+        action="store_true",
+        help="the clip hand-over of uint8 and float recipes (decode + resize CPU per frame, clip bytes, "
+        "slots, worker memory) and their end-to-end difference",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
@@ -333,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{v['min_cosine']:.6f}  max rel L2 {v['max_relative_l2']:.1e} ({v['rows']} rows)"
                     )
                 print(line)
+    elif args.transport:
+        video = args.video or generated_video(args.workdir, args.resolution, args.video_fps, args.seconds)
+        report = bench_transport(s, video, args.decode_frames, max(2, args.repeats // 2))
+        if not args.json:
+            print_transport(report)
     elif args.minutes:
         report = bench_rss(s, args)
         if not args.json:

@@ -70,11 +70,12 @@ class CpuMeter:
 
 
 class MemorySampler:
-    """Samples this process's RSS and the PSS of it plus its decode workers while a run goes on."""
+    """Samples this process's RSS, the PSS of it plus its decode workers, and the largest decode worker's
+    PSS (its share of the clip slots included) while a run goes on."""
 
     def __init__(self, engine: Engine, every_s: float = 1.0) -> None:
         self.engine, self.every_s = engine, every_s
-        self.peak_rss = self.peak_pss = 0
+        self.peak_rss = self.peak_pss = self.peak_worker_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -88,16 +89,19 @@ class MemorySampler:
 
     def _loop(self) -> None:
         while True:
-            self._sample()
+            self.sample()
             if self._stop.wait(self.every_s):
                 return
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        """Take one sample now (also every `every_s` while the sampler runs)."""
         pool = self.engine.last_pool
         workers = list(pool.workers.values()) if pool else []
         pids = [w.handle.pid for w in workers if hasattr(w.handle, "pid")]
         self.peak_rss = max(self.peak_rss, proc_kb(os.getpid(), "VmRSS") * 1024)
-        self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in [os.getpid(), *pids]))
+        worker_pss = [pss_bytes(pid) for pid in pids]
+        self.peak_pss = max(self.peak_pss, pss_bytes(os.getpid()) + sum(worker_pss))
+        self.peak_worker_pss = max(self.peak_worker_pss, *worker_pss, 0)
 
 
 def proc_kb(pid: int, field: str) -> int:

@@ -16,6 +16,7 @@ never by video length.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import multiprocessing
 import queue
@@ -48,7 +49,7 @@ from pipeline.decode.protocol import (
     WorkerMessage,
     WorkerReady,
 )
-from pipeline.decode.slots import SharedBlock, shared_block
+from pipeline.decode.slots import SharedBlock, shared_block, slot_view
 from pipeline.decode.worker import (
     DecodePoolError,
     DecodeSpec,
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 DECODE_BACKENDS = ("process", "thread")
 START_METHODS = ("fork", "forkserver")
+MIN_SLOTS = 2  # per worker: one being written, one the engine copies from
+SLOT_MEMORY_BYTES = 1 << 30  # all workers' slots together, unless `slots` x clips take less
 STARTUP_S = 60.0  # a worker process not ready by then means the pool cannot work at all
 MAX_DRAIN = 64  # messages taken from one worker per supervisor round (keeps the others served)
 
@@ -127,6 +130,7 @@ class DecodePool(Generic[W]):
         self.spec = spec
         self.num_workers = workers
         self.slots_per_worker = slots
+        self.slot_nbytes = 0  # the size of the slots lent last (reported by the benchmark)
         self.timeout = timeout
         self.heartbeat_s = min(1.0, timeout / 4) if timeout else 1.0
         self.items: queue.Queue[PoolItem] = queue.Queue()  # bounded by the slots, not by this queue
@@ -305,9 +309,17 @@ class DecodePool(Generic[W]):
             raise RuntimeError(f"unexpected message {message!r} from decode {self.kind} {worker.wid}")
         self._touch(worker)
 
+    def slot_count(self, nbytes: int) -> int:
+        """Slots per worker for clips of `nbytes`: `slots`, fewer when all workers' slots would pass
+        SLOT_MEMORY_BYTES (float clips take 4x a uint8 clip's bytes), never fewer than MIN_SLOTS."""
+        fits = SLOT_MEMORY_BYTES // max(1, nbytes * self.num_workers)
+        return max(MIN_SLOTS, min(self.slots_per_worker, fits))
+
     def _lend_slots(self, worker: W, nbytes: int) -> None:
         """New slots of `nbytes` for a worker; those it had are dropped (the engine may still hold some)."""
-        views, block = self._new_slots(self.slots_per_worker, nbytes)
+        count = self.slot_count(nbytes)
+        self.slot_nbytes = nbytes
+        views, block = self._new_slots(count, nbytes)
         with worker.lock:
             worker.slots, worker.held = views, 0
             worker.generation += 1
@@ -317,7 +329,7 @@ class DecodePool(Generic[W]):
         """Hand the engine a view of the clip's slot, and how to give the slot back."""
         with worker.lock:
             worker.held += 1
-        pixels = worker.slots[message.slot][: int(np.prod(message.shape))].reshape(message.shape)
+        pixels = slot_view(worker.slots[message.slot], message.shape, message.dtype)
         release = functools.partial(self.release, worker.wid, worker.generation, message.slot)
         self.items.put(
             DecodedClip(message.number, message.row, pixels, message.valid, message.timestamps, release)
@@ -393,6 +405,11 @@ class ProcessDecodePool(DecodePool[_ProcessWorker]):
             daemon=True,
             args=(commands_in, messages_out, self.spec, self.heartbeat_s, inherited),
         )
+        if inherited:
+            # A forked child must not finalise the parent's garbage: a PyAV decoder or scaler waiting for
+            # collection joins its FFmpeg threads when freed, and those threads do not exist in the child
+            # (it would wait forever). Collected here, where they do.
+            gc.collect()
         process.start()
         commands_in.close()  # the worker's ends: closed here so that its death reads as end-of-file
         messages_out.close()

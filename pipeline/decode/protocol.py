@@ -76,7 +76,7 @@ class NeedSlots:
 
 @dataclass(frozen=True)
 class ClipReady:
-    """Row `row` of video `number` is in slot `slot`, `shape` (crops, T, H, W, 3) from its start."""
+    """Row `row` of video `number` is in slot `slot`: `shape` (crops, T, H, W, 3) of `dtype` from its start."""
 
     number: int
     row: int
@@ -84,6 +84,7 @@ class ClipReady:
     shape: tuple[int, ...]
     valid: np.ndarray  # (T,) bool
     timestamps: np.ndarray  # (3,)
+    dtype: str = "uint8"  # "float32" for a float recipe
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class DecodedClip:
 
     number: int
     row: int
-    pixels: np.ndarray  # (crops, T, H, W, 3) uint8
+    pixels: np.ndarray  # (crops, T, H, W, 3) uint8, or float32 grey levels
     valid: np.ndarray  # (T,) bool
     timestamps: np.ndarray  # (3,)
     release: Callable[[], None]

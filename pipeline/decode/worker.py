@@ -4,6 +4,7 @@ writes each into a slot its supervisor lends; every failure of a video is one me
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import queue
 import signal
@@ -31,7 +32,15 @@ from pipeline.decode.protocol import (
     WorkerMessage,
     WorkerReady,
 )
-from pipeline.decode.slots import SharedBlock, clip_shape, stack_clip
+from pipeline.decode.slots import (
+    SharedBlock,
+    clip_dtype,
+    clip_nbytes,
+    clip_shape,
+    slot_size,
+    slot_view,
+    stack_clip,
+)
 from pipeline.errors import describe_error
 from pipeline.io import (
     DEFAULT_FRAMES_FPS,
@@ -153,11 +162,10 @@ class DecodeWorker:
 
     def _send_clip(self, number: int, clip: ReadyClip) -> None:
         """Write a clip into a free slot and tell the supervisor where it is."""
-        shape = clip_shape(clip)
-        nbytes = int(np.prod(shape))
-        slot = self._slot(nbytes)
-        stack_clip(clip, self.slots[slot][:nbytes].reshape(shape))
-        self.link.send(ClipReady(number, clip.index, slot, shape, clip.valid, clip.timestamps))
+        shape, dtype = clip_shape(clip), clip_dtype(clip)
+        slot = self._slot(slot_size(clip_nbytes(shape, dtype)))
+        stack_clip(clip, slot_view(self.slots[slot], shape, dtype))
+        self.link.send(ClipReady(number, clip.index, slot, shape, clip.valid, clip.timestamps, dtype.name))
 
     def _decode(self, command: DecodeVideo) -> None:
         """Decode one video; its failure is data (one message), never the worker's end."""
@@ -234,6 +242,7 @@ def worker_process(
     `inherited`: the engine's ends of every worker's pipes, which a forked worker got copies of; closed
     so that the engine's death reads as end-of-file (or a broken pipe) here.
     """
+    gc.freeze()  # what the parent left (forked) is never finalised here: see ProcessDecodePool._spawn
     for connection in inherited:
         connection.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +417,43 @@ def test_workers_do_not_outlive_a_killed_engine(tmp_path):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+
+
+@dataclass(frozen=True)
+class CollectingOpener:
+    """FakeOpener whose worker runs the garbage collector before decoding (as any allocation may)."""
+
+    inner: FakeOpener
+
+    def __call__(self, job: dp.VideoJob):
+        import gc
+
+        gc.enable()
+        gc.collect()
+        return self.inner(job)
+
+
+@pytest.mark.timeout(120)
+def test_workers_start_while_the_parent_holds_pyav_garbage(tmp_path):
+    """A decoder with FFmpeg threads left for the garbage collector in the engine's process (here: a
+    source kept in a reference cycle, as a benchmark's own decoding leaves one) is freed before the
+    workers fork: a forked worker that finalised it would wait forever for threads it does not have."""
+    import gc
+
+    from pipeline.io import open_source
+    from pipeline.synth import write_video
+
+    video = tmp_path / "v.mp4"
+    write_video(video, size=(320, 240), fps=30, seconds=1.0)
+    gc.disable()  # nothing collects it before the workers fork, unless the pool does
+    try:
+        for _ in range(3):
+            source = open_source(video, resize=(64, 48), threads=2)
+            next(iter(source))  # its scaler and decoder threads exist now
+            source.cycle = source  # type: ignore[attr-defined]  # only the collector can free it
+            del source
+        run = engine(PixelModel(), CollectingOpener(FakeOpener((40, 40))), decode_workers=2)
+        results = list(run.run(jobs(2)))
+    finally:
+        gc.enable()
+    assert [r.ok for r in results] == [True, True]

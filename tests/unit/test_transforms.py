@@ -1,6 +1,7 @@
-"""Tests for pipeline.transforms: resize vs OpenCV, sizes and crops vs PySlowFast's own functions,
-both recipes' resizing on real footage, channel order, the ffmpeg backend's skipped resize, and
-normalize_clips' zero padding."""
+"""Tests for pipeline.transforms: every resizer against the library call its recipe used (on real
+footage), sizes and crops vs PySlowFast's own functions, float recipes carried as floats (the values the
+recipe computes, never rounded), channel order, the ffmpeg backend's skipped resize, and normalize_clips'
+zero padding."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.transforms import (
+    RESIZERS,
     FrameTransform,
     crop_offsets,
     normalize_clips,
-    resize_bilinear,
     resize_float_bilinear,
+    resize_opencv,
     short_side_size,
 )
 from tests.helpers import REAL_CLIP
@@ -68,7 +70,7 @@ def test_resize_matches_opencv(src, dst, kind):
         if kind == "random"
         else sharp_image(h, w)
     )
-    ours = resize_bilinear(image, *dst)
+    ours = resize_opencv(image, *dst)
     theirs = cv2.resize(image, dst, interpolation=cv2.INTER_LINEAR)
     assert ours.shape == theirs.shape == (dst[1], dst[0], 3)
     assert ours.dtype == np.uint8 and ours.flags.c_contiguous
@@ -81,10 +83,10 @@ def test_resize_does_not_depend_on_thread_count_or_layout():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = resize_bilinear(image, 113, 64)
+        one = resize_opencv(image, 113, 64)
         torch.set_num_threads(4)
-        four = resize_bilinear(image, 113, 64)
-        strided = resize_bilinear(
+        four = resize_opencv(image, 113, 64)
+        strided = resize_opencv(
             np.repeat(image, 2, axis=0)[::2], 113, 64
         )  # a non-contiguous view, same pixels
     finally:
@@ -94,10 +96,10 @@ def test_resize_does_not_depend_on_thread_count_or_layout():
 
 def test_resize_same_size_and_constant():
     image = np.full((9, 13, 3), 201, np.uint8)
-    assert resize_bilinear(image, 13, 9) is image
-    assert (resize_bilinear(image, 30, 20) == 201).all()
+    assert resize_opencv(image, 13, 9) is image
+    assert (resize_opencv(image, 30, 20) == 201).all()
     with pytest.raises(ValueError, match="uint8"):
-        resize_bilinear(image.astype(np.float32), 5, 5)
+        resize_opencv(image.astype(np.float32), 5, 5)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +156,7 @@ def test_square_mode_squashes_whole_frame():
     t = FrameTransform(mode="square", size=(32, 40))
     out = t(image)
     assert out.shape == (1, 40, 32, 3) == t.output_shape
-    assert np.array_equal(out[0], resize_bilinear(image, 32, 40))
+    assert np.array_equal(out[0], resize_opencv(image, 32, 40))
     assert t.decoder_resize is None
     with pytest.raises(ValueError, match="num_crops"):
         FrameTransform(mode="square", size=(32, 32), num_crops=3)
@@ -196,9 +198,11 @@ def test_ffmpeg_backend_skips_resize_of_decoder_sized_frames():
     # the torch backend never asks the decoder to resize, and resizes itself
     torch_t = FrameTransform(mode="short_side", short_side=64, crop=64, source_size=(1920, 1080))
     assert torch_t.decoder_resize is None
-    assert np.array_equal(
-        torch_t(frame(1080, 1920))[0], t(resize_float_bilinear(frame(1080, 1920), 113, 64))[0]
-    )
+    resized = resize_float_bilinear(frame(1080, 1920), 113, 64)
+    assert torch_t.dtype == np.float32 and t.dtype == np.uint8  # the decoder's frames are uint8
+    assert np.array_equal(torch_t(frame(1080, 1920))[0], resized[:, 25:89])
+    with pytest.raises(ValueError, match="the ffmpeg backend resizes uint8 frames"):
+        FrameTransform(mode="square", size=(56, 56), backend="ffmpeg", interpolation="float_bilinear")
     # without a source size, short_side mode hands the decoder a function of the source size
     per_video = FrameTransform(mode="short_side", short_side=64, crop=64, backend="ffmpeg").decoder_resize
     assert callable(per_video)
@@ -288,7 +292,8 @@ def test_square_mode_is_opencv_inter_linear_bit_exact_on_real_frames(size):
         theirs = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         assert np.array_equal(rgb(image)[0], theirs)
         assert np.array_equal(bgr(image)[0], theirs[..., ::-1])
-    assert rgb.interpolation == "opencv_linear_uint8"
+    assert rgb.interpolation == "opencv" and rgb.dtype == np.uint8
+    assert rgb.recorded_interpolation == "opencv_linear_uint8"  # the name outputs made before carry
 
 
 def pyslowfast_test_crops(
@@ -315,26 +320,25 @@ def pyslowfast_test_crops(
     return clip[:, :, y : y + crop, x : x + crop]
 
 
+INPUT_TOLERANCE = 1e-6  # model inputs (after normalisation) from a float recipe's own pipeline
+
+
 @pytest.mark.parametrize("short_side, crop", [(256, 256), (256, 224), (182, 160), (356, 356)])
-def test_short_side_mode_interpolates_like_pyslowfast_on_real_frames(short_side, crop):
-    """Our uint8 crops, normalised, are PySlowFast's float values rounded to the nearest grey level."""
+def test_short_side_mode_gives_pyslowfasts_float_inputs_on_real_frames(short_side, crop):
+    """The three crops, normalised as the model sees them, equal PySlowFast's float inputs within 1e-6 (the
+    clip is carried as float32: nothing is rounded to a grey level on the way)."""
     frames = real_frames()[:8]
     mean, std = 0.45, 0.225
     t = FrameTransform(mode="short_side", short_side=short_side, crop=crop, num_crops=3)
-    assert t.interpolation == "pyslowfast_float_bilinear"
-    ours = np.stack([t(image) for image in frames], axis=1)  # (crops, T, h, w, 3) uint8
+    assert t.interpolation == "float_bilinear" and t.dtype == np.float32
+    ours = np.stack([t(image) for image in frames], axis=1)  # (crops, T, h, w, 3) float32
     for spatial_idx in range(3):
+        clip = torch.from_numpy(ours[spatial_idx])[None]
+        model_input = normalize_clips(
+            clip, torch.ones(1, len(frames), dtype=torch.bool), [mean] * 3, [std] * 3
+        )
         theirs = pyslowfast_test_crops(frames, short_side, crop, spatial_idx, mean, std)
-        levels = (theirs.permute(1, 2, 3, 0).double() * std + mean) * 255  # back to grey levels
-        error = ours[spatial_idx].astype(np.float64) - levels.numpy()
-        # The nearest uint8 to the exact value; PySlowFast's float32 arithmetic (source positions in
-        # float32) is itself up to ~0.005 levels from the exact value.
-        assert np.abs(error).max() <= 0.5 + FLOAT32_SLACK
-        assert abs(error.mean()) < 0.01  # no bias (the old uint8 kernel was biased by +0.2 levels)
-        rounded = np.clip(np.round(levels.numpy()), 0, 255)
-        differ = ours[spatial_idx] != rounded  # only where PySlowFast's value is a near-tie (x.5)
-        assert np.abs(np.abs(error[differ]) - 0.5).max(initial=0) < FLOAT32_SLACK
-        assert differ.mean() < 1e-3  # exact ties (x + 0.5) are common at these scales
+        assert (model_input[0] - theirs).abs().max() <= INPUT_TOLERANCE
 
 
 def test_short_side_mode_against_pyslowfast_own_functions_on_a_real_frame():
@@ -346,13 +350,15 @@ def test_short_side_mode_against_pyslowfast_own_functions_on_a_real_frame():
     cropped, _ = reference.uniform_crop(scaled, 224, 1)
     theirs = cropped[:, 0].permute(1, 2, 0).numpy()
     ours = FrameTransform(mode="short_side", short_side=256, crop=224)(image)[0]
-    assert np.abs(ours - theirs.astype(np.float64)).max() <= 0.5 + FLOAT32_SLACK
+    assert np.abs(ours - theirs).max() <= 255 * INPUT_TOLERANCE  # grey levels
 
 
-def test_resize_float_bilinear_keeps_size_and_validates():
+def test_resize_float_bilinear_validates():
     image = frame(9, 13)
-    assert resize_float_bilinear(image, 13, 9) is image
-    assert (resize_float_bilinear(np.full((7, 5, 3), 201, np.uint8), 30, 20) == 201).all()
+    same = resize_float_bilinear(image, 13, 9)
+    assert same.dtype == np.float32 and np.array_equal(same, image)
+    constant = resize_float_bilinear(np.full((7, 5, 3), 201, np.uint8), 30, 20)
+    assert np.abs(constant - 201).max() <= 255 * INPUT_TOLERANCE  # weights sum to one, up to rounding
     with pytest.raises(ValueError, match="uint8"):
         resize_float_bilinear(image.astype(np.float32), 5, 5)
     with pytest.raises(ValueError, match=">= 1"):
@@ -360,17 +366,85 @@ def test_resize_float_bilinear_keeps_size_and_validates():
 
 
 @pytest.mark.parametrize("src, dst", SIZES)
-def test_resize_float_bilinear_is_the_nearest_uint8_to_exact_bilinear(src, dst):
-    """Against float64 `F.interpolate` (the exact value of PySlowFast's formula): never more than half a
-    grey level off, down- and upscaling, odd sizes, on a real frame."""
+def test_resize_float_bilinear_is_torchs_float_interpolate(src, dst):
+    """Against torch's own float32 `F.interpolate` (what the recipes call): the same taps and weights, so
+    equal within float32 rounding (a few ulps of 255), down- and upscaling, odd sizes, on a real frame."""
     h, w = src
     image = np.ascontiguousarray(real_frames()[7][:h, :w])
     ours = resize_float_bilinear(image, *dst)
-    assert ours.shape == (dst[1], dst[0], 3) and ours.dtype == np.uint8 and ours.flags.c_contiguous
-    exact = F.interpolate(
-        torch.from_numpy(image).permute(2, 0, 1)[None].double(),
+    assert ours.shape == (dst[1], dst[0], 3) and ours.dtype == np.float32 and ours.flags.c_contiguous
+    theirs = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float(),
         size=(dst[1], dst[0]),
         mode="bilinear",
         align_corners=False,
     )[0].permute(1, 2, 0)
-    assert np.abs(ours - exact.numpy()).max() <= 0.5 + 1e-4
+    assert np.abs(ours - theirs.numpy()).max() <= 255 * INPUT_TOLERANCE
+
+
+def pil_resize(image: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize(size, getattr(Image.Resampling, resample)))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (340, 256), (171, 128)])
+def test_every_resizer_is_the_library_call_its_recipe_used_on_real_frames(size):
+    """Each entry of RESIZERS against the call it reproduces, on real footage: OpenCV and PIL bit for bit
+    (uint8, as those libraries give them), torch's antialiased float resize bit for bit (the same call),
+    torch's plain float bilinear within float32 rounding."""
+    cv2 = pytest.importorskip("cv2")
+    w, h = size
+    frame_ = real_frames()[5]
+    tensor = torch.from_numpy(frame_).permute(2, 0, 1)[None].float()
+    expected = {
+        "opencv": cv2.resize(frame_, size, interpolation=cv2.INTER_LINEAR),
+        "pil_bilinear": pil_resize(frame_, size, "BILINEAR"),
+        "pil_lanczos": pil_resize(frame_, size, "LANCZOS"),
+        "float_bilinear_antialias": F.interpolate(
+            tensor, size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        .permute(1, 2, 0)
+        .numpy(),
+        "float_bilinear": F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False)[0]
+        .permute(1, 2, 0)
+        .numpy(),
+    }
+    assert set(expected) == set(RESIZERS)
+    for name, theirs in expected.items():
+        resizer = RESIZERS[name]
+        ours = resizer.resize(frame_, w, h)
+        assert ours.dtype == resizer.dtype == theirs.dtype, name
+        if name == "float_bilinear":
+            assert np.abs(ours - theirs).max() <= 255 * INPUT_TOLERANCE
+        else:
+            assert np.array_equal(ours, theirs), name
+        transform = FrameTransform(mode="square", size=size, interpolation=name)
+        assert transform.dtype == resizer.dtype and np.array_equal(transform(frame_)[0], ours)
+
+
+def test_fixed_mode_squashes_then_crops_like_tsp():
+    """TSP's transform: squash to 128x171 (float bilinear), centre crop 112 (offsets 8 and 30)."""
+    image = real_frames()[2]
+    t = FrameTransform(mode="fixed", size=(171, 128), crop=112)
+    assert t.interpolation == "float_bilinear" and t.output_shape == (1, 112, 112, 3)
+    out = t(image)
+    assert out.shape == (1, 112, 112, 3) and out.dtype == np.float32
+    assert np.array_equal(out[0], resize_float_bilinear(image, 171, 128)[8:120, 30:142])
+    assert t.output_nbytes == 112 * 112 * 3 * 4
+    three = FrameTransform(mode="fixed", size=(171, 128), crop=112, num_crops=3)
+    assert [c.shape for c in three(image)] == [(112, 112, 3)] * 3
+    with pytest.raises(ValueError, match="crop 130 must be in 1..128"):
+        FrameTransform(mode="fixed", size=(171, 128), crop=130)
+
+
+def test_normalize_clips_takes_float_clips_without_touching_them():
+    clips = torch.full((1, 2, 3, 3, 3), 127.5)
+    kept = clips.clone()
+    out = normalize_clips(clips, torch.tensor([[True, False]]), [0.5] * 3, [0.5] * 3)
+    assert torch.equal(clips, kept)  # never normalised in place
+    assert torch.allclose(out[0, :, 0], torch.zeros(3, 3, 3), atol=1e-7) and torch.equal(
+        out[0, :, 1], torch.zeros(3, 3, 3)
+    )
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        normalize_clips(clips.double(), torch.ones(1, 2, dtype=torch.bool), [0.5] * 3, [0.5] * 3)
