@@ -98,6 +98,16 @@ class FeatureDtype(str, Enum):
     float16 = "float16"
 
 
+class OutputStore(str, Enum):
+    files = "files"  # a feature file, a sidecar (and logits files) per video under features/
+    packed = "packed"  # each shard appends its videos to a few large part files (pipeline.outputs.store)
+
+
+class Verify(str, Enum):
+    stat = "stat"  # an unchanged size, mtime and inode is taken as unchanged (changed files are hashed)
+    full = "full"  # every kept output is hashed against its manifest record
+
+
 class Hdf5Layout(str, Enum):
     copy = "copy"
     external = "external"
@@ -218,6 +228,8 @@ class OutputConfig:
 
     dtype: FeatureDtype = FeatureDtype.float32
     logits: bool = False
+    store: OutputStore = OutputStore.files
+    verify: Verify = Verify.stat
     overwrite: bool = False
     retry_failed: bool = True
     hdf5: bool = True

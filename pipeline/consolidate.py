@@ -11,12 +11,14 @@ Layout of the HDF5 file (default `<first output dir>/features.h5`):
     /<key>.attrs        fps, frames, duration, source, video (path as listed), kind, rows, dim[, native_fps]
     /_config            the resolved run config(s), YAML text (several runs: one YAML document each)
     /_failed            JSON text: [{"key", "path", "error", "output_dir"}, ...] of videos that failed
+    /_index, /_configs  JSON text: what each video was written from (its manifest record's place and
+                        sha256), and the configs by digest: what lets a rerun rewrite only what changed
     /.attrs             model, checkpoint_sha256, checkpoint_random, every extraction setting flattened
                         with dots ("resize.mode"; null -> "null", lists -> arrays or JSON text),
                         package_version, consolidated_by, created, layout, compression, num_videos,
                         num_failed
 A key keeps its slashes as nested HDF5 groups: "P01/videos/P01_01" is group P01 > videos > P01_01.
-Keys whose first part is `_config` or `_failed` are refused.
+Keys whose first part is one of these reserved names are refused.
 
 Layouts: `copy` writes the features into the file (chunked, optional gzip/lzf). `external` writes no
 feature bytes: each `features` (and logits) dataset is an HDF5 external-storage dataset pointing at
@@ -25,10 +27,17 @@ as a whole. HDF5 resolves relative external paths against the current directory 
 is opened with the external-file prefix "${ORIGIN}" (the HDF5 file's folder): use `open_dataset`
 below, or set HDF5_EXTFILE_PREFIX='${ORIGIN}' in the environment before h5py is imported.
 
-Only videos whose newest manifest record is ok are taken (a sidecar left by an earlier run of a
-video that failed since, or superseded by another file name, is skipped); sidecars with no manifest
-record are taken as they are. All videos must share the same extraction settings. The file is written
-under a temporary name, one video at a time, then renamed: a failure leaves no half file behind.
+Videos come from either store (feature files or packed parts, `pipeline.outputs.reader`): only those
+whose newest manifest record is ok are taken (a sidecar left by an earlier run of a video that failed
+since, or superseded by another file name, is skipped); sidecars with no manifest record are taken as
+they are. All videos must share the same extraction settings.
+
+Reruns cost what changed: the file records what it was written from (`/_index`, and one digest of the
+manifests' newest records); a file that is current is left alone without opening a video, and one where
+fewer than half of the videos changed is updated in place (a `.updating` marker beside it until done:
+a kill in between makes the next consolidation rewrite it whole). Otherwise the file is written under
+a temporary name, one video at a time, then renamed: a failure leaves no half file behind. A copy
+checks each packed record's sha256 as it reads it.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +59,21 @@ import yaml
 
 from pipeline import __version__, naming, outputs
 from pipeline.errors import PipelineError
+from pipeline.outputs.manifest import latest_records
+from pipeline.outputs.reader import FailedVideo, ReadError, Scan, StoredVideo, flatten, open_record, scan
+from pipeline.outputs.records import FAILED, OK, ManifestRecord, iter_sidecars
+from pipeline.outputs.store import ArrayRef, record_sha256
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("copy", "external")
 COMPRESSIONS = ("gzip", "lzf")
-RESERVED_NAMES = ("_config", "_failed")
+RESERVED_NAMES = ("_config", "_failed", "_index", "_configs")
 FEATURE_DTYPES = ("float32", "float16")
 EFILE_PREFIX = "${ORIGIN}"
+RECORDS_ATTR = "records_sha256"  # root attribute: what the file holds (records_digest)
+INDEX_ATTR = "index_meta"  # root attribute: JSON of the settings and shapes an in-place update must match
+UPDATING_SUFFIX = ".updating"  # beside the file while it is updated in place
 DEFAULT_NAME = naming.HDF5_NAME
 CHUNK_BYTES = 1 << 20  # target size of one HDF5 chunk
 BLOCK_BYTES = 64 << 20  # most bytes of one video held in memory while copying
@@ -67,72 +83,7 @@ class ConsolidateError(PipelineError, ValueError):
     """The output dirs cannot be consolidated (no features, mixed settings, broken file...)."""
 
 
-@dataclass(frozen=True)
-class VideoEntry:
-    """One video's feature file, checked against its sidecar."""
-
-    key: str
-    output_dir: Path
-    sidecar: Path
-    features: Path
-    logits: dict[str, Path]  # dataset name -> .npy
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class FailedVideo:
-    """A video whose newest manifest record says it failed."""
-
-    key: str
-    path: str
-    error: str
-    output_dir: str
-
-
-@dataclass
-class Scan:
-    """What an output dir set holds: usable videos, failures and what they share."""
-
-    videos: list[VideoEntry] = field(default_factory=list)
-    failed: list[FailedVideo] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # only filled when not strict
-    settings: dict[str, Any] | None = None
-    reference: Path | None = None  # sidecar that `settings` comes from
-    model: str | None = None
-    checkpoint_sha256: str | None = None
-    checkpoint_random: bool | None = None
-    package_versions: set[str] = field(default_factory=set)
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by JSON digest, first seen first
-
-
 # --- settings -----------------------------------------------------------------------------------
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to one level with dotted names: {"resize": {"mode": m}} -> {"resize.mode": m}."""
-    flat: dict[str, Any] = {}
-    for name, value in mapping.items():
-        dotted = f"{prefix}{name}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def settings_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Dotted names of the settings that differ between a and b, each with both values."""
-    fa, fb = flatten(a), flatten(b)
-
-    def show(flat: dict[str, Any], name: str) -> str:
-        return repr(flat[name]) if name in flat else "absent"
-
-    return [
-        f"{name} ({show(fa, name)} vs {show(fb, name)})"
-        for name in sorted(set(fa) | set(fb))
-        if name not in fa or name not in fb or fa[name] != fb[name]
-    ]
 
 
 def attribute_value(value: Any) -> Any:
@@ -152,148 +103,6 @@ def attribute_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return list(value)
     return json.dumps(value, sort_keys=True)
-
-
-# --- scanning -----------------------------------------------------------------------------------
-
-
-def _check_video(sidecar_path: Path, sidecar: Mapping[str, Any], output_dir: Path) -> VideoEntry:
-    """Check one sidecar and its .npy (header, size, rows, timestamps); ConsolidateError names the file."""
-    for name in ("key", "settings", "timestamps"):
-        if name not in sidecar:
-            raise ConsolidateError(f"{sidecar_path}: sidecar has no {name!r} field")
-    features = Path(naming.feature_of_sidecar(str(sidecar_path)))
-    if not features.is_file():
-        raise ConsolidateError(f"{features}: feature file missing (its sidecar exists)")
-    try:
-        _, shape, dtype = outputs.npy_data_offset(features)
-    except ValueError as error:
-        raise ConsolidateError(str(error)) from error
-    except OSError as error:
-        raise ConsolidateError(f"{features}: unreadable .npy ({error})") from error
-    if dtype.name not in FEATURE_DTYPES or len(shape) not in (2, 3):
-        raise ConsolidateError(
-            f"{features}: expected float32/float16 (rows, dim) or (rows, crops, dim), "
-            f"found {dtype.name} {shape}"
-        )
-    rows = sidecar.get("rows", shape[0])
-    stamps = sidecar["timestamps"]
-    if rows != shape[0] or len(stamps) != shape[0]:
-        raise ConsolidateError(
-            f"{features}: {shape[0]} rows but its sidecar says rows={rows} with {len(stamps)} timestamps"
-        )
-    heads = sidecar.get("logits") or {}
-    if not isinstance(heads, Mapping):
-        raise ConsolidateError(f"{sidecar_path}: 'logits' must map head names to files")
-    logits = {naming.hdf5_logits_name(head): output_dir / rel for head, rel in heads.items()}
-    for path in logits.values():
-        if not path.is_file():
-            raise ConsolidateError(f"{path}: logits file missing (listed in {sidecar_path.name})")
-    return VideoEntry(
-        key=str(sidecar["key"]),
-        output_dir=output_dir,
-        sidecar=sidecar_path,
-        features=features,
-        logits=logits,
-        shape=tuple(shape),
-        dtype=dtype.name,
-    )
-
-
-def _check_key(key: str, seen: dict[str, Path], sidecar: Path) -> None:
-    if key.split("/", 1)[0] in RESERVED_NAMES:
-        raise ConsolidateError(
-            f"{sidecar}: video key {key!r} uses a reserved HDF5 name ({', '.join(RESERVED_NAMES)})"
-        )
-    if key in seen:
-        raise ConsolidateError(f"video key {key!r} appears twice: {seen[key]} and {sidecar}")
-
-
-def _note_shared(result: Scan, sidecar_path: Path, sidecar: Mapping[str, Any], strict: bool) -> None:
-    """Record run-wide metadata and refuse settings that differ from the first video's (precision too:
-    fp32 and bf16 features never share a file)."""
-    settings = outputs.settings_of_sidecar(dict(sidecar))
-    if result.settings is None:
-        result.settings, result.reference = settings, sidecar_path
-        checkpoint = sidecar.get("checkpoint") or {}
-        result.model = sidecar.get("model") or settings.get("model")
-        result.checkpoint_sha256 = checkpoint.get("sha256") or settings.get("checkpoint_sha256")
-        result.checkpoint_random = checkpoint.get("random", settings.get("random_weights"))
-    elif settings != result.settings:
-        message = (
-            f"{sidecar_path}: extraction settings differ from {result.reference}: "
-            f"{'; '.join(settings_differences(result.settings, settings))}"
-        )
-        if strict:
-            raise ConsolidateError(message)
-        result.problems.append(message)
-    if sidecar.get("package_version"):
-        result.package_versions.add(str(sidecar["package_version"]))
-    config = sidecar.get("config")
-    if config is not None:
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-        result.configs.setdefault(digest, config)
-
-
-def scan(output_dirs: Sequence[Path], *, strict: bool = True) -> Scan:
-    """Find and check every usable video of the output dirs (reads each sidecar once, no features).
-
-    strict: raise ConsolidateError on the first problem; otherwise list it in `problems` and skip the
-    video (differing settings are listed but the video is kept).
-    """
-    result = Scan()
-    seen: dict[str, Path] = {}
-    for output_dir in map(Path, output_dirs):
-        if (
-            not (output_dir / naming.FEATURES_DIR).is_dir()
-            and not (output_dir / naming.MANIFESTS_DIR).is_dir()
-        ):
-            raise ConsolidateError(f"{output_dir}: not an output dir (no features/ or manifests/ folder)")
-        latest, bad_lines = outputs.latest_records(output_dir)
-        for bad in bad_lines:
-            log.warning("%s line %d: %s", bad.path, bad.line, bad.reason)
-        for sidecar_path in outputs.iter_sidecars(output_dir):
-            try:
-                sidecar = outputs.read_sidecar(sidecar_path)
-                if not isinstance(sidecar, dict) or "key" not in sidecar:
-                    raise ConsolidateError(f"{sidecar_path}: not a feature sidecar (no 'key')")
-                record = latest.get(str(sidecar["key"]))
-                if record is not None and record.final_outcome != outputs.OK:
-                    log.info(
-                        "skipping %s: the video's newest record is %s", sidecar_path, record.final_outcome
-                    )
-                    continue
-                relative = naming.feature_of_sidecar(sidecar_path.relative_to(output_dir).as_posix())
-                if record is not None and record.output and record.output != relative:
-                    log.info("skipping %s: superseded by %s", sidecar_path, record.output)
-                    continue
-                entry = _check_video(sidecar_path, sidecar, output_dir)
-                _check_key(entry.key, seen, sidecar_path)
-                if result.videos and entry.shape[1:] != result.videos[0].shape[1:]:
-                    raise ConsolidateError(
-                        f"{entry.features}: shape {entry.shape} does not match "
-                        f"{result.videos[0].features} {result.videos[0].shape}"
-                    )
-                _note_shared(result, sidecar_path, sidecar, strict)
-            except json.JSONDecodeError as error:
-                if strict:
-                    raise ConsolidateError(f"{sidecar_path}: not JSON ({error.msg})") from error
-                result.problems.append(f"{sidecar_path}: not JSON ({error.msg})")
-                continue
-            except ConsolidateError as error:
-                if strict:
-                    raise
-                result.problems.append(str(error))
-                continue
-            seen[entry.key] = sidecar_path
-            result.videos.append(entry)
-        present = {v.key for v in result.videos if v.output_dir == output_dir}
-        for key, record in sorted(latest.items()):
-            if record.final_outcome == outputs.FAILED:
-                result.failed.append(FailedVideo(key, str(record.path), str(record.error), str(output_dir)))
-            elif record.final_outcome == outputs.OK and key not in present:
-                log.warning("%s: manifest says %r is done but %s is missing", output_dir, key, record.output)
-    return result
 
 
 # --- reading helpers ----------------------------------------------------------------------------
@@ -351,14 +160,13 @@ def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
 
 
 def _write_array(
-    group: h5py.Group, name: str, npy: Path, layout: str, compression: str | None, h5_dir: Path
+    group: h5py.Group, name: str, ref: ArrayRef, layout: str, compression: str | None, h5_dir: Path
 ) -> None:
-    """Copy a .npy into `group[name]` block by block, or point an external dataset at its data."""
-    offset, shape, dtype = outputs.npy_data_offset(npy)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    """Copy an array into `group[name]` block by block, or point an external dataset at its bytes."""
+    shape, dtype, nbytes = ref.shape, ref.dtype, ref.nbytes
     if layout == "external":
-        relative = os.path.relpath(npy.resolve(), h5_dir.resolve())
-        group.create_dataset(name, shape=shape, dtype=dtype, external=[(relative, offset, nbytes)])
+        relative = os.path.relpath(ref.path.resolve(), h5_dir.resolve())
+        group.create_dataset(name, shape=shape, dtype=dtype, external=[(relative, ref.offset, nbytes)])
         return
     chunks = _chunks(shape, dtype.itemsize)
     options: dict[str, Any] = {}
@@ -367,72 +175,306 @@ def _write_array(
     dataset = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **options)
     row_bytes = nbytes // shape[0] if shape[0] else 1
     block_rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    with open(npy, "rb") as f:
-        f.seek(offset)
+    with open(ref.path, "rb") as f:
+        f.seek(ref.offset)
         for start in range(0, shape[0], block_rows):
             stop = min(shape[0], start + block_rows)
             data = f.read((stop - start) * row_bytes)
             if len(data) != (stop - start) * row_bytes:
-                raise ConsolidateError(f"{npy}: file ended early while reading rows {start}-{stop}")
+                raise ConsolidateError(f"{ref.path}: file ended early while reading rows {start}-{stop}")
             dataset[start:stop] = np.frombuffer(data, dtype=dtype).reshape((stop - start, *shape[1:]))
 
 
+def _verify(video: StoredVideo) -> None:
+    """Data read anyway (the copy layout) is checked against its manifest record: a packed record's sha256
+    (a feature file's is checked by resume when it changed)."""
+    record = video.record
+    if record is not None and record.packed:
+        try:
+            if record_sha256(video.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
+                raise ConsolidateError(
+                    f"{video.where}: {video.key}'s record differs from its manifest (sha256); "
+                    "a rerun of the extraction with output.verify=full recomputes it"
+                )
+        except (OSError, ValueError) as error:
+            raise ConsolidateError(f"{video.key}: {error}") from error
+
+
+def config_digest(config: Mapping[str, Any] | None) -> str:
+    """Short name of a resolved run config ("" for none)."""
+    if config is None:
+        return ""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _write_video(
-    h5: h5py.File, entry: VideoEntry, layout: str, compression: str | None, h5_dir: Path
-) -> None:
-    sidecar = outputs.read_sidecar(entry.sidecar)
-    name = naming.hdf5_group_name(entry.key)
+    h5: h5py.File, video: StoredVideo, layout: str, compression: str | None, h5_dir: Path
+) -> list[str]:
+    """Write one video's group; returns its index entry [identity, config digest, package version]."""
+    sidecar = video.sidecar
+    name = naming.hdf5_group_name(video.key)
     try:
         group = h5.require_group(name)  # may exist already as the parent of another key ("P01" and "P01/x")
     except (TypeError, ValueError) as error:
         raise ConsolidateError(
-            f"video key {entry.key!r} collides with another key's HDF5 objects ({error})"
+            f"video key {video.key!r} collides with another key's HDF5 objects ({error})"
         ) from error
-    if any(child in group for child in ("features", "timestamps", *entry.logits)):
-        raise ConsolidateError(f"video key {entry.key!r} collides with another key's HDF5 objects")
-    _write_array(group, "features", entry.features, layout, compression, h5_dir)
-    stamps = np.asarray(sidecar["timestamps"], dtype=np.float64).reshape(entry.shape[0], 3)
+    if any(child in group for child in ("features", "timestamps", *video.logits)):
+        raise ConsolidateError(f"video key {video.key!r} collides with another key's HDF5 objects")
+    if layout == "copy":
+        _verify(video)
+    _write_array(group, "features", video.features, layout, compression, h5_dir)
+    stamps = video.timestamps.reshape(video.shape[0], 3)
     group.create_dataset("timestamps", data=stamps, chunks=_chunks(stamps.shape, 8))
-    for dataset_name, path in entry.logits.items():
-        _write_array(group, dataset_name, path, layout, compression, h5_dir)
+    for dataset_name, ref in video.logits.items():
+        _write_array(group, dataset_name, ref, layout, compression, h5_dir)
     attrs = {
-        name: sidecar.get(name)
+        name: getattr(sidecar, name)
         for name in ("fps", "frames", "duration", "source", "video", "kind", "native_fps")
     }
-    attrs["rows"] = entry.shape[0]
-    attrs["dim"] = entry.shape[-1]
+    attrs["rows"] = video.shape[0]
+    attrs["dim"] = video.shape[-1]
     for attr, value in attrs.items():
         if value is not None:
             group.attrs[attr] = value
+    return [video.identity, config_digest(sidecar.config), str(sidecar.package_version or "")]
 
 
-def _write_file_metadata(h5: h5py.File, found: Scan, layout: str, compression: str | None) -> None:
-    assert found.settings is not None
-    attrs: dict[str, Any] = {name: attribute_value(value) for name, value in flatten(found.settings).items()}
-    attrs.setdefault("model", found.model or "null")
-    attrs.setdefault("checkpoint_sha256", found.checkpoint_sha256 or "null")
-    attrs["checkpoint_random"] = attribute_value(found.checkpoint_random)
-    attrs["package_version"] = ", ".join(sorted(found.package_versions)) or "null"
+@dataclass
+class FileIndex:
+    """What a consolidated file holds, kept in it (`_index`, `_configs`, root attributes) so that a rerun
+    can tell what changed without opening every video."""
+
+    videos: dict[str, list[str]]  # key -> [identity, config digest, package version]
+    configs: dict[str, Any]  # config digest -> resolved config
+    settings: dict[str, Any]
+    row_shape: list[int]  # features' shape after the rows
+    model: str | None
+    checkpoint_sha256: str | None
+    checkpoint_random: bool | None
+
+
+def _write_file_metadata(
+    h5: h5py.File,
+    index: FileIndex,
+    failed: Sequence[FailedVideo],
+    layout: str,
+    compression: str | None,
+    digest: str,
+) -> None:
+    """Root attributes (settings flattened, model, checkpoint, counts...), `_config`, `_failed`, `_index`."""
+    attrs: dict[str, Any] = {name: attribute_value(value) for name, value in flatten(index.settings).items()}
+    attrs.setdefault("model", index.model or "null")
+    attrs.setdefault("checkpoint_sha256", index.checkpoint_sha256 or "null")
+    attrs["checkpoint_random"] = attribute_value(index.checkpoint_random)
+    versions = {v[2] for v in index.videos.values() if v[2]}
+    attrs["package_version"] = ", ".join(sorted(versions)) or "null"
     attrs["consolidated_by"] = __version__
     attrs["layout"] = layout
     attrs["compression"] = compression or "none"
-    attrs["num_videos"] = len(found.videos)
-    attrs["num_failed"] = len(found.failed)
+    attrs["num_videos"] = len(index.videos)
+    attrs["num_failed"] = len(failed)
     attrs["created"] = outputs.now_iso()
+    attrs[RECORDS_ATTR] = digest
+    attrs[INDEX_ATTR] = json.dumps(
+        {
+            "settings": index.settings,
+            "row_shape": index.row_shape,
+            "model": index.model,
+            "checkpoint_sha256": index.checkpoint_sha256,
+            "checkpoint_random": index.checkpoint_random,
+        },
+        sort_keys=True,
+        default=str,
+    )
     for name, value in attrs.items():
         h5.attrs[name] = value
-    configs = [
-        yaml.safe_dump(json.loads(json.dumps(c, default=str)), sort_keys=True) for c in found.configs.values()
-    ]
-    h5.create_dataset("_config", data="---\n".join(configs))
-    failed = [vars(f) for f in found.failed]
-    h5.create_dataset("_failed", data=json.dumps(failed, indent=1, sort_keys=True))
+    used = {v[1] for v in index.videos.values()}
+    configs = {d: c for d, c in index.configs.items() if d in used}
+    texts = [yaml.safe_dump(json.loads(json.dumps(c, default=str)), sort_keys=True) for c in configs.values()]
+    for name in RESERVED_NAMES:
+        if name in h5:
+            del h5[name]
+    h5.create_dataset("_config", data="---\n".join(texts))
+    h5.create_dataset("_failed", data=json.dumps([vars(f) for f in failed], indent=1, sort_keys=True))
+    h5.create_dataset("_index", data=json.dumps(index.videos, sort_keys=True))
+    h5.create_dataset("_configs", data=json.dumps(configs, sort_keys=True, default=str))
 
 
 def _option(value: Any) -> str | None:
     """An enum member or string option as its plain value ("none" and None as None)."""
     value = getattr(value, "value", value)
     return None if value in (None, "none") else str(value)
+
+
+@dataclass
+class RecordedView:
+    """What the output dirs hold according to their manifests alone (no feature file or part opened):
+    enough to tell whether a consolidated file is current, and which videos changed."""
+
+    records: dict[str, tuple[ManifestRecord, Path]]  # key -> newest ok record, its output dir
+    failed: list[FailedVideo]
+
+    def identities(self) -> dict[str, str]:
+        return {key: f"{r.output}@{r.offset}:{r.sha256}" for key, (r, _) in self.records.items()}
+
+
+def recorded_view(output_dirs: Sequence[Path]) -> RecordedView | None:
+    """The videos the manifests say are done; None when the manifests alone cannot tell (a sidecar with no
+    manifest record, a key in two output dirs, a record without a checksum): then every video is read."""
+    records: dict[str, tuple[ManifestRecord, Path]] = {}
+    failed: list[FailedVideo] = []
+    for output_dir in output_dirs:
+        if not any((output_dir / name).is_dir() for name in (naming.FEATURES_DIR, naming.MANIFESTS_DIR)):
+            return None  # scan() names the problem
+        latest, _ = latest_records(output_dir)
+        outputs_of_dir = set()
+        for key, record in sorted(latest.items()):
+            if record.final_outcome == FAILED:
+                failed.append(FailedVideo(key, str(record.path), str(record.error), str(output_dir)))
+            elif record.final_outcome == OK:
+                if key in records or not record.sha256 or not record.output:
+                    return None
+                records[key] = (record, output_dir)
+                outputs_of_dir.add(record.output)
+        if (output_dir / naming.FEATURES_DIR).is_dir():
+            for sidecar in iter_sidecars(output_dir):
+                relative = naming.feature_of_sidecar(sidecar.relative_to(output_dir).as_posix())
+                if relative not in outputs_of_dir and not _superseded(sidecar, latest):
+                    return None
+    return RecordedView(records, failed)
+
+
+def _superseded(sidecar: Path, latest: Mapping[str, ManifestRecord]) -> bool:
+    """Whether a sidecar no record points at belongs to a video whose newest record is elsewhere."""
+    try:
+        key = outputs.read_sidecar(sidecar).get("key")
+    except (OSError, ValueError):
+        return False
+    return key is not None and str(key) in latest
+
+
+def records_digest(
+    identities: Mapping[str, str], failed: Sequence[FailedVideo], layout: str, compression: str | None
+) -> str:
+    """What a consolidated file must hold, in one sha256: every video's identity, the failures, layout,
+    compression and this package's version. Equal digest: nothing to rewrite."""
+    text = json.dumps(
+        {
+            "videos": sorted(identities.items()),
+            "failed": sorted((f.key, f.error, f.output_dir) for f in failed),
+            "layout": layout,
+            "compression": compression,
+            "format": __version__,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def updating_marker(dest: Path) -> Path:
+    """The file that says an in-place update of `dest` started and did not finish."""
+    return dest.with_name(dest.name + UPDATING_SUFFIX)
+
+
+def read_index(dest: Path, layout: str, compression: str | None) -> tuple[FileIndex, str] | None:
+    """The index of an existing consolidated file and its records digest, when it can be updated in place
+    (same layout and compression, written by this version, not left half-updated); None otherwise."""
+    if not dest.is_file() or updating_marker(dest).exists():
+        return None
+    try:
+        with h5py.File(dest, "r") as h5:
+            attrs = h5.attrs
+            if attrs.get("layout") != layout or attrs.get("compression") != (compression or "none"):
+                return None
+            if attrs.get("consolidated_by") != __version__ or INDEX_ATTR not in attrs:
+                return None
+            meta = json.loads(str(attrs[INDEX_ATTR]))
+            index = FileIndex(
+                json.loads(h5["_index"].asstr()[()]),
+                json.loads(h5["_configs"].asstr()[()]),
+                meta["settings"],
+                list(meta["row_shape"]),
+                meta["model"],
+                meta["checkpoint_sha256"],
+                meta["checkpoint_random"],
+            )
+            return index, str(attrs.get(RECORDS_ATTR, ""))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _update_in_place(
+    dest: Path,
+    index: FileIndex,
+    view: RecordedView,
+    layout: str,
+    compression: str | None,
+    digest: str,
+) -> tuple[int, int] | None:
+    """Rewrite only the videos whose identity changed (and drop those gone) in the existing file; returns
+    (written, removed), or None (file untouched) when a changed video does not fit it (other settings or
+    shape): then the whole file is written anew. A marker file is written first and removed last: a kill
+    in between leaves it, and the next consolidation rewrites the whole file."""
+    identities = view.identities()
+    changed_keys = sorted(k for k, ident in identities.items() if index.videos.get(k, [""])[0] != ident)
+    gone = sorted(set(index.videos) - set(identities))
+    if len(changed_keys) + len(gone) >= max(1, len(index.videos)) / 2:
+        return None
+    changed = []
+    for key in changed_keys:
+        record, output_dir = view.records[key]
+        try:
+            video = open_record(record, output_dir)
+        except ReadError as error:
+            raise ConsolidateError(str(error)) from error
+        if video.sidecar.effective_settings != index.settings or list(video.shape[1:]) != index.row_shape:
+            return None
+        changed.append(video)
+    marker = updating_marker(dest)
+    outputs.atomic_write(marker, lambda f: f.write(f"updating since {outputs.now_iso()}\n".encode()))
+    with h5py.File(dest, "a") as h5:
+        for key in [*gone, *changed_keys]:
+            name = naming.hdf5_group_name(key)
+            if name in h5:
+                group = h5[name]
+                for child in [c for c in group if c in ("features", "timestamps") or c.startswith("logits")]:
+                    del group[child]
+                for attr in list(group.attrs):
+                    del group.attrs[attr]
+            index.videos.pop(key, None)
+        for video in changed:
+            index.videos[video.key] = _write_video(h5, video, layout, compression, dest.parent)
+            if video.sidecar.config is not None:
+                index.configs[config_digest(video.sidecar.config)] = video.sidecar.config
+        _write_file_metadata(h5, index, view.failed, layout, compression, digest)
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())
+    marker.unlink()
+    return len(changed), len(gone)
+
+
+def _write_whole(dest: Path, found: Scan, layout: str, compression: str | None, digest: str) -> None:
+    """Write every video into a new file under a temporary name, then rename it over `dest`."""
+    assert found.settings is not None
+    index = FileIndex(
+        {},
+        {},
+        found.settings,
+        list(found.videos[0].shape[1:]),
+        found.model,
+        found.checkpoint_sha256,
+        found.checkpoint_random,
+    )
+    with outputs.atomic_file(dest) as temp, h5py.File(temp, "w") as h5:
+        for number, video in enumerate(found.videos, start=1):
+            index.videos[video.key] = _write_video(h5, video, layout, compression, dest.parent)
+            if video.sidecar.config is not None:
+                index.configs[config_digest(video.sidecar.config)] = video.sidecar.config
+            if number % 500 == 0:
+                log.info("consolidated %d/%d videos", number, len(found.videos))
+        _write_file_metadata(h5, index, found.failed, layout, compression, digest)
+    updating_marker(dest).unlink(missing_ok=True)
 
 
 def consolidate(
@@ -442,7 +484,13 @@ def consolidate(
     layout: str = "copy",
     compression: str | None = None,
 ) -> Path:
-    """Write all videos of `output_dirs` into one HDF5 file (see the module docstring); returns its path."""
+    """Write all videos of `output_dirs` into one HDF5 file (see the module docstring); returns its path.
+
+    A rerun costs what changed: a file already there that holds what the manifests say is left as it is
+    (no video opened); one with the same layout and compression is updated in place, video by video, when
+    fewer than half of its videos changed and the changed ones share its settings; otherwise the whole
+    file is written anew under a temporary name.
+    """
     layout_name = _option(layout) or "copy"
     compression_name = _option(compression)
     if layout_name not in LAYOUTS:
@@ -459,20 +507,49 @@ def consolidate(
     dest = Path(dest) if dest is not None else output_dirs[0] / DEFAULT_NAME
     if dest.is_dir():
         raise ConsolidateError(f"{dest}: is a directory (give an .h5 file name)")
-    found = scan(output_dirs)
+    outputs.clean_stale_temps(dest.parent)  # a consolidation killed before left its temp file
+    view = recorded_view(output_dirs)
+    held = read_index(dest, layout_name, compression_name)
+    if view is not None and view.records:
+        _check_reserved(view.records)
+        digest = records_digest(view.identities(), view.failed, layout_name, compression_name)
+        if held is not None and held[1] == digest:
+            log.info("%s is up to date (%d videos): left as it is", dest, len(view.records))
+            return dest
+        if held is not None:
+            done = _update_in_place(dest, held[0], view, layout_name, compression_name, digest)
+            if done is not None:
+                log.info(
+                    "updated %s in place: %d videos written, %d removed, %d kept",
+                    dest,
+                    *done,
+                    len(view.records) - done[0],
+                )
+                return dest
+    try:
+        found = scan(output_dirs)
+    except ReadError as error:
+        raise ConsolidateError(str(error)) from error
     if not found.videos:
         failed = f" ({len(found.failed)} failed video(s))" if found.failed else ""
         raise ConsolidateError(f"{', '.join(map(str, output_dirs))}: no features to consolidate{failed}")
-    with outputs.atomic_file(dest) as temp, h5py.File(temp, "w") as h5:
-        _write_file_metadata(h5, found, layout_name, compression_name)
-        for number, entry in enumerate(found.videos, start=1):
-            _write_video(h5, entry, layout_name, compression_name, dest.parent)
-            if number % 500 == 0:
-                log.info("consolidated %d/%d videos", number, len(found.videos))
+    _check_reserved({v.key: v.where for v in found.videos})
+    identities = {v.key: v.identity for v in found.videos}
+    digest = records_digest(identities, found.failed, layout_name, compression_name)
+    _write_whole(dest, found, layout_name, compression_name, digest)
     log.info(
         "wrote %s: %d videos (%s layout), %d failed", dest, len(found.videos), layout_name, len(found.failed)
     )
     return dest
+
+
+def _check_reserved(keys: Mapping[str, Any]) -> None:
+    for key, where in keys.items():
+        if key.split("/", 1)[0] in RESERVED_NAMES:
+            place = where[1] if isinstance(where, tuple) else where
+            raise ConsolidateError(
+                f"{place}: video key {key!r} uses a reserved HDF5 name ({', '.join(RESERVED_NAMES)})"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

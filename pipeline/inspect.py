@@ -27,8 +27,9 @@ import h5py
 import numpy as np
 
 from pipeline import naming, outputs
-from pipeline.consolidate import ConsolidateError, open_dataset, read_failed, scan, video_keys
+from pipeline.consolidate import open_dataset, read_failed, video_keys
 from pipeline.errors import PipelineError
+from pipeline.outputs.reader import ReadError, scan
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _dir_videos(
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
     try:
         found = scan([path], strict=False)
-    except ConsolidateError as error:
+    except ReadError as error:
         raise InspectError(str(error)) from error
     if report is not None:
         report.failed.extend(vars(f) for f in found.failed)
@@ -176,11 +177,15 @@ def _dir_videos(
     for key in keys if keys is not None else sorted(by_key):
         if key not in by_key:
             raise InspectError(f"{path}: no video {key!r}")
-        entry = by_key[key]
-        stamps = np.asarray(outputs.read_sidecar(entry.sidecar)["timestamps"], dtype=np.float64).reshape(
-            -1, 3
-        )
-        yield key, np.load(entry.features), stamps
+        video = by_key[key]
+        try:
+            features = video.load()
+        except ReadError as error:
+            if report is None:
+                raise InspectError(str(error)) from error
+            report.problems.append(str(error))
+            continue
+        yield key, features, video.timestamps
 
 
 def _npy_video(

@@ -31,6 +31,7 @@ VIDEO_EXTENSIONS = (
 
 OUTPUTS_ROOT = "outputs"  # default parent of run directories, relative to the working directory
 FEATURES_DIR = "features"
+PACKED_DIR = "packed"  # output.store=packed: packed/shard-<i>-of-<N>/part-<k>.npk
 MANIFESTS_DIR = "manifests"
 LOCKS_DIR = "locks"
 RUNS_DIR = "runs"
@@ -128,6 +129,18 @@ def manifest_relpath(shard_index: int, num_shards: int) -> str:
     return f"{MANIFESTS_DIR}/{_shard_name(shard_index, num_shards)}.jsonl"
 
 
+def packed_shard_relpath(shard_index: int, num_shards: int) -> str:
+    """A shard's folder of packed parts: "packed/shard-{i}-of-{N}"."""
+    return f"{PACKED_DIR}/{_shard_name(shard_index, num_shards)}"
+
+
+def packed_part_relpath(shard_index: int, num_shards: int, part: int) -> str:
+    """One packed part of a shard: "packed/shard-{i}-of-{N}/part-{k:05d}.npk", k counted from 0."""
+    if part < 0:
+        raise ValueError(f"part must be >= 0, got {part}")
+    return f"{packed_shard_relpath(shard_index, num_shards)}/part-{part:05d}.npk"
+
+
 def lock_relpath(shard_index: int, num_shards: int) -> str:
     """Per-shard lock file: "locks/shard-{i}-of-{N}.lock", i counted from 0."""
     return f"{LOCKS_DIR}/{_shard_name(shard_index, num_shards)}.lock"
@@ -136,6 +149,11 @@ def lock_relpath(shard_index: int, num_shards: int) -> str:
 def hdf5_logits_name(head: str) -> str:
     """Dataset of a head's logits in a video's HDF5 group: "logits", or "logits_<head>" for other heads."""
     return "logits" if head == "logits" else f"logits_{head}"
+
+
+def head_of_logits_name(name: str) -> str:
+    """The head whose logits a dataset name holds: hdf5_logits_name's inverse."""
+    return "logits" if name == "logits" else name.removeprefix("logits_")
 
 
 def hdf5_group_name(key: str) -> str:

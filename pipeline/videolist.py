@@ -30,7 +30,7 @@ class VideoListError(PipelineError):
     """A problem with the whole list (unreadable, colliding entries): the run refuses to start."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VideoEntry:
     """One video of the list, resolved against the data root."""
 
@@ -71,13 +71,13 @@ def _resolve_one(line: str, root: Path, video_ext: str | None) -> VideoEntry:
         )
     if rel == ".":
         return VideoEntry(rel=rel, path=root, key=rel, error=f"path names the data root itself: {line}")
-    candidate = root / rel
-    if not candidate.is_file() and not candidate.is_dir():
-        if video_ext and (root / (rel + video_ext)).exists():
+    path = root / rel
+    # only a video_ext can change what a line names (one stat; none without it: a million-line list)
+    if video_ext and not os.path.exists(path):
+        if os.path.exists(f"{path}{video_ext}") or not has_video_extension(rel):
             rel = rel + video_ext
-        elif video_ext and not has_video_extension(rel):
-            rel = rel + video_ext
-    return VideoEntry(rel=rel, path=root / rel, key=video_key(rel))
+            path = root / rel
+    return VideoEntry(rel=rel, path=path, key=video_key(rel))
 
 
 def resolve_entries(lines: Sequence[str], root: Path, video_ext: str | None) -> list[VideoEntry]:

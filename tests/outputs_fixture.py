@@ -83,10 +83,13 @@ def make_output_dir(
     dtype: str = "float32",
     num_shards: int = 1,
     logits: Iterable[str] = (),
+    store: str = "files",
+    hour: int = 0,
 ) -> Path:
     """Write an output dir under `root` with one feature file per `videos` key (value: rows) and
     failure records for the `failed` keys; `arrays` replaces the features of some keys; `logits` names
-    the logit heads to save (e.g. ["logits"]). Returns root."""
+    the logit heads to save (e.g. ["logits"]); `store` "packed" appends them to packed parts instead,
+    as a packed run does; `hour` dates the records (a later hour: a later run). Returns root."""
     settings = copy.deepcopy(dict(settings or default_settings(dtype=dtype)))
     if crops is not None:
         settings["crops"] = crops
@@ -98,6 +101,8 @@ def make_output_dir(
     outputs.save_json(
         root / "runs" / "20250101-000000.json", {"started": outputs.now_iso(), "config": config}
     )
+    packed: dict[int, outputs.PackedStore] = {}
+    latest, _ = outputs.latest_records(root)  # a packed store keeps what the manifests name
     for number, (key, rows) in enumerate(sorted(videos.items())):
         array = arrays.get(key)
         if array is None:
@@ -105,11 +110,14 @@ def make_output_dir(
         rows = array.shape[0]
         stamps, frames = video_timestamps(rows, settings)
         npy_rel = naming.feature_relpath(key, num_frames)
-        outputs.save_array(root / npy_rel, array)
-        heads = {}
+        heads, head_arrays = {}, {}
         for number_head, head in enumerate(logits):  # named like the engine: <key>_<T>.<head>.npy
             heads[head] = npy_rel[: -len(".npy")] + f".{head}.npy"
-            outputs.save_array(root / heads[head], np.full((rows, 5), number_head, np.float32))
+            head_arrays[head] = np.full((rows, 5), number_head, np.float32)
+        if store == "files":
+            outputs.save_array(root / npy_rel, array)
+            for head, values in head_arrays.items():
+                outputs.save_array(root / heads[head], values)
         video_rel = f"{key}.mp4"
         sidecar = {
             "video": video_rel,
@@ -139,7 +147,25 @@ def make_output_dir(
             "config": config,
             "created": outputs.now_iso(),
         }
-        outputs.save_json(root / naming.sidecar_relpath(key, num_frames), sidecar)
+        shard = number % num_shards
+        if store == "packed":
+            if shard not in packed:
+                header = {"settings": settings, "config": config}
+                packed[shard] = outputs.PackedStore(
+                    root, shard, num_shards, header, outputs.part_extents(latest), outputs.part_counts(latest)
+                )
+            sidecar["logits"] = None
+            stored = packed[shard].write(
+                key, outputs.VideoArrays(array, stamps, head_arrays), outputs.Sidecar.from_json(sidecar)
+            )
+            where = stored.fields()
+        else:
+            outputs.save_json(root / naming.sidecar_relpath(key, num_frames), sidecar)
+            where = {
+                "output": npy_rel,
+                "sha256": outputs.file_sha256(root / npy_rel),
+                "size": (root / npy_rel).stat().st_size,
+            }
         record = {
             "key": key,
             "path": video_rel,
@@ -149,14 +175,12 @@ def make_output_dir(
             "dim": array.shape[-1],
             "seconds": 1.0,
             "frames": frames,
-            "output": npy_rel,
-            "sha256": outputs.file_sha256(root / npy_rel),
-            "size": (root / npy_rel).stat().st_size,
+            **where,
             "error": None,
             "settings": settings,
-            "time": f"2025-01-01T00:00:{number % 60:02d}+00:00",
+            "time": f"2025-01-01T{hour:02d}:00:{number % 60:02d}+00:00",
         }
-        outputs.append_record(root / naming.manifest_relpath(number % num_shards, num_shards), record)
+        outputs.append_record(root / naming.manifest_relpath(shard, num_shards), record)
     for key in failed:
         record = {
             "key": key,
@@ -172,7 +196,7 @@ def make_output_dir(
             "size": None,
             "error": f"DecodeError: {key}.mp4: moov atom not found",
             "settings": settings,
-            "time": "2025-01-01T00:01:00+00:00",
+            "time": f"2025-01-01T{hour:02d}:01:00+00:00",
         }
         outputs.append_record(root / naming.manifest_relpath(0, num_shards), record)
     return root

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from pipeline.bench.bookkeeping import BookkeepingSettings, bench_bookkeeping, print_bookkeeping
 from pipeline.bench.decode import (
     bottleneck,
     cpu_budget,
@@ -264,6 +265,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the clip hand-over of uint8 and float recipes (decode + resize CPU per frame, clip bytes, "
         "slots, worker memory) and their end-to-end difference",
     )
+    p.add_argument(
+        "--bookkeeping",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fabricate a finished run of N videos and time plan, dry run, reruns, consolidate, export, inspect",
+    )
+    p.add_argument("--store", default="packed", choices=["packed", "files"], help="with --bookkeeping")
+    p.add_argument(
+        "--changed", type=int, default=1000, help="with --bookkeeping: videos the second rerun redoes"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
@@ -340,6 +352,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"{v['min_cosine']:.6f}  max rel L2 {v['max_relative_l2']:.1e} ({v['rows']} rows)"
                     )
                 print(line)
+    elif args.bookkeeping:
+        report = bench_bookkeeping(
+            BookkeepingSettings(
+                args.bookkeeping,
+                store=args.store,
+                changed=min(args.changed, args.bookkeeping),
+                workdir=args.workdir / "bookkeeping",
+            )
+        )
+        if not args.json:
+            print_bookkeeping(report)
     elif args.transport:
         video = args.video or generated_video(args.workdir, args.resolution, args.video_fps, args.seconds)
         report = bench_transport(s, video, args.decode_frames, max(2, args.repeats // 2))

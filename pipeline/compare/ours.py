@@ -1,7 +1,7 @@
 """Read OURS (an output dir, a `features.h5`, one `.npy` or a `pipeline.export` folder) for the comparison.
 
-One function, `read_ours`, kept apart on purpose: it will give way to the project's single output reader.
-Videos are keyed by `pipeline.export.video_id(key)` (the key's last component), the id the exported files
+Output dirs (either store) are read through the project's one output reader (`pipeline.outputs.reader`,
+via `pipeline.inspect.iter_videos`). Videos are keyed by `pipeline.export.video_id(key)` (the key's last component), the id the exported files
 and the released files carry.
 """
 
@@ -16,9 +16,10 @@ import h5py
 import numpy as np
 
 from pipeline import naming, outputs
-from pipeline.consolidate import flatten
+from pipeline.consolidate import INDEX_ATTR, RECORDS_ATTR
 from pipeline.export import OPENTAD_SUMMARY_NAME, SUMMARY_NAME, video_id
 from pipeline.inspect import InspectError, Report, iter_videos
+from pipeline.outputs.reader import ReadError, flatten, scan
 
 
 @dataclass
@@ -46,6 +47,8 @@ def _h5_settings(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as h5:
         settings = {}
         for name, value in h5.attrs.items():
+            if name in (INDEX_ATTR, RECORDS_ATTR):
+                continue
             if isinstance(value, bytes):
                 value = value.decode()
             if isinstance(value, np.ndarray):
@@ -103,9 +106,10 @@ def read_ours(path: Path | str) -> Ours:
         ours.videos[vid] = OurVideo(vid, key, features, stamps)
     ours.problems.extend(report.problems)
     if path.is_dir():
-        first = next(outputs.iter_sidecars(path), None)
-        if first is not None:
-            ours.settings = flatten(outputs.settings_of_sidecar(outputs.read_sidecar(first)))
+        try:
+            ours.settings = flatten(scan([path], strict=False).settings or {})
+        except ReadError as error:
+            ours.problems.append(str(error))
     elif h5py.is_hdf5(path):
         ours.settings = _h5_settings(path)
     elif path.suffix == ".npy" and Path(naming.sidecar_of_feature(str(path))).is_file():

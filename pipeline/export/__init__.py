@@ -33,6 +33,8 @@ Written to <dest>:
                                   frame at the centre of row 0), "fps", "dim", "data_path", "block_list",
                                   "videos", "config_snippet" and "note".
     missing_files.txt             (OpenTAD) ids of the videos that failed, one per line (OpenTAD's block list).
+    .exported.json                what each file was written from: a rerun rewrites only the files whose
+                                  video changed (a million-video export costs what changed).
 The command prints the summary's path on stdout and the config snippet for the trainer on stderr.
 Multi-crop features (rows, crops, dim) are refused: extract with data.crop_reduce=mean.
 """
@@ -47,7 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.export.actionformer import SUMMARY_NAME, actionformer_snippet, export_actionformer
-from pipeline.export.common import FILE_EXTS, ExportError, video_id
+from pipeline.export.common import FILE_EXTS, WRITTEN_NAME, ExportError, video_id
 from pipeline.export.opentad import MISSING_NAME, OPENTAD_SUMMARY_NAME, export_opentad, opentad_snippet
 
 FORMATS: dict[str, Callable[..., Path]] = {"actionformer": export_actionformer, "opentad": export_opentad}
@@ -84,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "WRITTEN_NAME",
     "FILE_EXTS",
     "FORMATS",
     "MISSING_NAME",

@@ -1,8 +1,11 @@
 """What every export shares: the video ids (a key's last component), the error, and writing one flat
-(rows, dim) file per video while measuring the grid the rows lie on (frames at the extracted fps)."""
+(rows, dim) file per video while measuring the grid the rows lie on (frames at the extracted fps).
+A rerun writes only the files whose video changed since (`.exported.json` in the destination says what
+each file was written from)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -13,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from pipeline import outputs
-from pipeline.consolidate import ConsolidateError, Scan, scan
 from pipeline.errors import PipelineError
+from pipeline.outputs.reader import ReadError, Scan, scan
 
 log = logging.getLogger(__name__)
 
 FILE_EXTS = (".npz", ".npy")
+WRITTEN_NAME = ".exported.json"  # file name -> [identity of its video, size]: what a rerun may skip
 
 
 class ExportError(PipelineError, ValueError):
@@ -42,6 +46,26 @@ def ids_of(found: Scan) -> dict[str, str]:
             )
         ids[vid] = entry.key
     return ids
+
+
+def read_written(dest: Path) -> dict[str, Any]:
+    """What an earlier export into `dest` wrote: file name -> [identity of its video's output, size]."""
+    try:
+        data = json.loads((dest / WRITTEN_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _current(target: Path, written: Any, identity: str) -> bool:
+    """Whether an exported file is still what its video's output gives: written from the same identity,
+    and of the size it had then."""
+    if not isinstance(written, list) or len(written) != 2 or written[0] != identity:
+        return False
+    try:
+        return target.stat().st_size == written[1]
+    except OSError:
+        return False
 
 
 def grid_offset(widths: dict[float, Counter[float]], settings: dict[str, Any]) -> tuple[float, float]:
@@ -87,7 +111,7 @@ def write_videos(output_dir: Path, dest: Path, file_ext: str, tool: str) -> Expo
         raise ExportError(f"file extension must be one of {FILE_EXTS} (got {file_ext!r})")
     try:
         found = scan([Path(output_dir)])
-    except ConsolidateError as error:
+    except ReadError as error:
         raise ExportError(str(error)) from error
     if not found.videos:
         raise ExportError(f"{output_dir}: no features to export")
@@ -95,27 +119,38 @@ def write_videos(output_dir: Path, dest: Path, file_ext: str, tool: str) -> Expo
     three_d = [v for v in found.videos if len(v.shape) != 2]
     if three_d:
         raise ExportError(
-            f"{three_d[0].features}: features have {three_d[0].shape[1]} crops per row; "
+            f"{three_d[0].where}: features have {three_d[0].shape[1]} crops per row; "
             f"{tool} reads (T, C): extract with data.crop_reduce=mean"
         )
     settings = found.settings or {}
     stride = int(settings["stride"])
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    outputs.clean_stale_temps(dest)  # an export killed before left its temp files
+    written = read_written(dest)
     widths: dict[float, Counter[float]] = defaultdict(Counter)
     videos: dict[str, dict[str, Any]] = {}
+    rewritten = 0
     for entry in found.videos:
         vid = video_id(entry.key)
-        sidecar = outputs.read_sidecar(entry.sidecar)
-        feats = np.load(entry.features)
-        if not len(feats):
-            log.warning("%s has no rows: %s cannot use %s%s", entry.key, tool, vid, file_ext)
-        if file_ext == ".npz":
-            outputs.atomic_write(dest / f"{vid}.npz", partial(np.savez, feats=feats))
-        else:
-            outputs.save_array(dest / f"{vid}.npy", feats)
-        fps = float(sidecar["fps"])
-        stamps = np.asarray(sidecar["timestamps"], dtype=np.float64).reshape(-1, 3)
+        target = dest / f"{vid}{file_ext}"
+        if not _current(target, written.get(target.name), entry.identity):
+            try:
+                feats = entry.load()
+            except ReadError as error:
+                raise ExportError(str(error)) from error
+            if not len(feats):
+                log.warning("%s has no rows: %s cannot use %s%s", entry.key, tool, vid, file_ext)
+            # not fsynced one by one (a million files): the index below keeps each file's size, and a
+            # file a crash left short or empty is written again
+            if file_ext == ".npz":
+                outputs.atomic_write(target, partial(np.savez, feats=feats), durable=False)
+            else:
+                outputs.save_array(target, feats, durable=False)
+            written[target.name] = [entry.identity, target.stat().st_size]
+            rewritten += 1
+        fps = float(entry.sidecar.fps or 0.0)
+        stamps = entry.timestamps
         row_widths = np.round((stamps[:, 1] - stamps[:, 0]) * fps, 3)
         row_offsets = np.round(stamps[:, 2] * fps - np.arange(len(stamps)) * stride, 3)
         for w, o in zip(row_widths.tolist(), row_offsets.tolist(), strict=True):
@@ -124,8 +159,10 @@ def write_videos(output_dir: Path, dest: Path, file_ext: str, tool: str) -> Expo
             "key": entry.key,
             "rows": entry.shape[0],
             "fps": fps,
-            "duration": sidecar.get("duration"),
+            "duration": entry.sidecar.duration,
         }
+    outputs.save_json(dest / WRITTEN_NAME, written)
+    log.info("%s: %d video files written, %d unchanged", dest, rewritten, len(found.videos) - rewritten)
     span, offset = grid_offset(widths, settings)
     rates = {v["fps"] for v in videos.values()}
     failed_ids = sorted({video_id(f.key) for f in found.failed} - set(ids))

@@ -21,7 +21,7 @@ from pipeline.io.source import (
     Resize,
     SourceInfo,
 )
-from pipeline.io.video import VideoSource, probe_video
+from pipeline.io.video import VideoSource, header_duration, probe_video
 
 __all__ = [
     "DEFAULT_FRAMES_FPS",
@@ -32,6 +32,8 @@ __all__ = [
     "LoadImage",
     "Resize",
     "SourceInfo",
+    "duration_of",
+    "header_duration",
     "open_source",
     "probe",
 ]
@@ -48,6 +50,17 @@ def probe(
     if path.is_dir():
         return probe_frames(path, pattern=frames_pattern, fps=frames_fps)
     return probe_video(path)
+
+
+def duration_of(
+    path: Path, *, frames_pattern: str = DEFAULT_FRAMES_PATTERN, frames_fps: float = DEFAULT_FRAMES_FPS
+) -> float | None:
+    """A source's duration from the cheapest look that tells it: a video's container header (nothing
+    decoded), a frame folder's file count."""
+    path = Path(path)
+    if path.is_dir():
+        return probe_frames(path, pattern=frames_pattern, fps=frames_fps).duration
+    return header_duration(path)
 
 
 def open_source(

@@ -108,6 +108,16 @@ def _info_from_frame(header: dict, frame: av.VideoFrame) -> SourceInfo:
     return SourceInfo(width=width, height=height, rotation=90 * turns, **header)
 
 
+def header_duration(path: Path) -> float | None:
+    """A video's duration in seconds from its container header alone (nothing decoded; about a fifth of
+    `probe_video`'s cost); None when the header does not say. DecodeError when it cannot be opened."""
+    container, stream = _open(Path(path))
+    try:
+        return _header_info(Path(path), container, stream)["duration"]
+    finally:
+        container.close()
+
+
 def probe_video(path: Path) -> SourceInfo:
     """Header facts plus the first frame (decoded only for its size and rotation)."""
     path = Path(path)

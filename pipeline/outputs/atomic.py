@@ -43,9 +43,10 @@ class OutputError(PipelineError, OSError):
         return self.strerror or super().__str__()  # "cannot write <file>: <why>", without "[Errno N]"
 
 
-def now_iso() -> str:
-    """Local time, ISO 8601 with offset, to the second."""
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """Local time, ISO 8601 with offset, to the second (or `timespec`, e.g. "microseconds": manifest
+    records, whose order decides which record of a video is the newest)."""
+    return _dt.datetime.now().astimezone().isoformat(timespec=timespec)
 
 
 def file_sha256(path: Path) -> str:
@@ -91,7 +92,7 @@ def _free_bytes(directory: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _output_error(error: OSError | RuntimeError, path: Path, temp: Path | None) -> OutputError | None:
+def output_error(error: OSError | RuntimeError, path: Path, temp: Path | None) -> OutputError | None:
     """The one-line OutputError for a write that cannot succeed on a rerun alone, or None."""
     code = error.errno if isinstance(error, OSError) else None
     if code is None and (hdf5 := _HDF5_ERRNO.search(str(error))):
@@ -108,8 +109,10 @@ def _output_error(error: OSError | RuntimeError, path: Path, temp: Path | None) 
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A temp path beside `path` to write; on success it is fsynced and renamed over `path`.
+def atomic_file(path: Path, durable: bool = True) -> Iterator[Path]:
+    """A temp path beside `path` to write; on success it is fsynced and renamed over `path` (durable=False:
+    renamed without fsync, safe against a killed process but not a machine crash: for files that can be
+    made again, such as exports).
 
     On any failure the temp file is removed and `path` keeps its old content; a full disk, a quota,
     a read-only or unwritable folder raise OutputError naming `path` (numpy's errno-less short write
@@ -122,13 +125,15 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.close(fd)
         temp = Path(temp_name)
         yield temp
-        _fsync_file(temp)
+        if durable:
+            _fsync_file(temp)
         os.replace(temp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException as error:
         translated = None
         if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, OutputError):
-            translated = _output_error(error, path, temp)  # before the unlink: it looks at the free space
+            translated = output_error(error, path, temp)  # before the unlink: it looks at the free space
         if temp is not None:
             temp.unlink(missing_ok=True)
         if translated is not None:
@@ -136,21 +141,21 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
     """Write through `write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
-    with atomic_file(path) as temp, open(temp, "wb") as f:
+    with atomic_file(path, durable) as temp, open(temp, "wb") as f:
         write(f)
 
 
-def save_array(path: Path, array: np.ndarray) -> None:
+def save_array(path: Path, array: np.ndarray, durable: bool = True) -> None:
     """Save one .npy atomically."""
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), durable)
 
 
-def save_json(path: Path, data: Any) -> None:
+def save_json(path: Path, data: Any, durable: bool = True) -> None:
     """Save JSON atomically (UTF-8, sorted keys, no NaN)."""
     text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()), durable)
 
 
 def temp_owner() -> str:

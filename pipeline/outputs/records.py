@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,25 @@ from pipeline.outputs.atomic import TEMP_MARK, save_json
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"  # a manifest record's status: what this run did
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    if cls not in _FIELD_NAMES:
+        _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return _FIELD_NAMES[cls]
+
+
 def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of `data` that are fields of the dataclass `cls`."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in data.items() if k in names}
 
 
-@dataclass(frozen=True)
+_INTERNED = ("status", "outcome", "output", "reason")  # few distinct values among a million records
+
+
+@dataclass(frozen=True, slots=True)
 class ManifestRecord:
     """One line of a shard manifest: what one run did with one video.
 
@@ -46,9 +59,12 @@ class ManifestRecord:
     frames: int | None = None
     rows: int | None = None
     dim: int | None = None
-    output: str | None = None  # the feature file, relative to the output dir
-    sha256: str | None = None
-    size: int | None = None
+    output: str | None = None  # the feature file (files store) or the part (packed), relative to the dir
+    offset: int | None = None  # packed: where the video's record starts in its part
+    sha256: str | None = None  # of the feature file (files) or of the video's record (packed)
+    size: int | None = None  # bytes of the same
+    mtime_ns: int | None = None  # files store: the feature file's mtime and inode when written; a file
+    inode: int | None = None  # whose size, mtime and inode are unchanged is taken as unchanged
     partial: bool | None = None  # decoding stopped well before the header's duration
 
     REQUIRED = ("key", "path", "status")
@@ -70,9 +86,19 @@ class ManifestRecord:
         missing = [name for name in cls.REQUIRED if name not in data]
         if missing:
             raise ValueError(f"not a manifest record (needs {', '.join(cls.REQUIRED)})")
-        values = _known(cls, data)
-        values["settings"] = dict(values.get("settings") or {})
+        values = dict(data)
+        if not _field_names(cls).issuperset(values):  # a field of a newer version: left out
+            values = _known(cls, data)
+        values["settings"] = values.get("settings") or {}  # shared by the records of one settings line
+        for name in _INTERNED:
+            if isinstance(values.get(name), str):
+                values[name] = sys.intern(values[name])
         return cls(**values)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the video's output is a record in a packed part (else a feature file of its own)."""
+        return self.offset is not None
 
 
 @dataclass(frozen=True)
@@ -140,7 +166,7 @@ class Sidecar:
     def effective_settings(self) -> dict[str, Any]:
         """The extraction settings; a sidecar written before `precision` was a setting takes it from its
         resolved config (`hardware.precision`), so older fp32 work is neither lost nor mixed with bf16."""
-        return settings_of_sidecar(self.as_json())
+        return settings_of_sidecar({"settings": self.settings, "config": self.config})
 
 
 def settings_of_sidecar(sidecar: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,6 +197,6 @@ def load_sidecar(path: Path) -> Sidecar:
     return Sidecar.from_json(read_sidecar(path))
 
 
-def save_sidecar(path: Path, sidecar: Sidecar) -> None:
+def save_sidecar(path: Path, sidecar: Sidecar, durable: bool = True) -> None:
     """Write a sidecar atomically."""
-    save_json(path, sidecar.as_json())
+    save_json(path, sidecar.as_json(), durable)

@@ -99,7 +99,8 @@ def finish_run(
         save_json(output_dir / naming.run_record_relpath(now_iso(), os.getpid()), record)
     except OutputError as error:
         raise stopping(error) from error
-    print(f"features: {output_dir / naming.FEATURES_DIR}" + (f"\nhdf5: {h5}" if h5 else ""))
+    where = naming.PACKED_DIR if cfg.output.store.value == "packed" else naming.FEATURES_DIR
+    print(f"features: {output_dir / where}" + (f"\nhdf5: {h5}" if h5 else ""))
     print(
         f"summary: {totals['ok']} ok, {totals['failed']} failed, {totals['skipped']} skipped, "
         f"{totals['rows']} rows"

@@ -10,10 +10,12 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import naming
 from pipeline.assemble import extraction_settings, output_dir_of
 from pipeline.config import ExtractConfig, ModelConfig, video_list_path
 from pipeline.errors import PipelineError
@@ -26,6 +28,9 @@ from pipeline.outputs import (
     decide_resume,
     latest_records,
     manifest_files,
+    part_counts,
+    part_extents,
+    unchanged_parts,
 )
 from pipeline.run.shards import shard_plan
 from pipeline.synth import make_demo_videos
@@ -43,6 +48,8 @@ def stopping(error: OutputError) -> RunError:
     """The one line a run ends with when the output dir cannot be written (disk full, read-only)."""
     return RunError(f"stopping: {error} (a rerun of the same command continues from here)")
 
+
+VERIFY_THREADS = 8  # output.verify=full: files hashed at once (I/O bound on cluster file systems)
 
 ManifestStamp = tuple[tuple[str, int, int], ...]
 """(name, size, mtime_ns) of every shard manifest: whether the decisions made from them still hold."""
@@ -73,6 +80,9 @@ class ShardPlan:
     entries: tuple[VideoEntry, ...]
     decisions: Mapping[str, ResumeDecision]
     stamp: ManifestStamp  # the manifests the decisions were made from
+    part_extents: Mapping[str, tuple[int, int | None]]  # packed: this shard's parts, where each must keep
+    # to (and the mtime its last record saw)
+    part_counts: Mapping[str, int]  # ... and how many videos' newest records each holds
 
     @property
     def has_work(self) -> bool:
@@ -87,16 +97,9 @@ class ShardPlan:
         log.info("shard %d/%d: manifests changed since the plan; deciding again", self.index, self.count)
         latest = read_latest(self.output_dir)
         decisions = decide_all(self.cfg, self.entries, latest, self.output_dir, self.settings)
-        return ShardPlan(
-            self.cfg,
-            self.output_dir,
-            self.settings,
-            self.weights,
-            self.index,
-            self.count,
-            self.entries,
-            decisions,
-            stamp,
+        extents, counts = shard_parts(latest, self.index, self.count)
+        return dataclasses.replace(
+            self, decisions=decisions, stamp=stamp, part_extents=extents, part_counts=counts
         )
 
 
@@ -136,17 +139,38 @@ def decide_all(
     output_dir: Path,
     settings: dict[str, Any],
 ) -> dict[str, ResumeDecision]:
-    """A resume decision per entry from the newest manifest records."""
-    return {
-        e.key: decide_resume(
-            latest.get(e.key),
+    """A resume decision per entry from the newest manifest records; `output.verify=full` hashes the kept
+    outputs in parallel threads (hashing releases the GIL)."""
+    out = cfg.output
+    unchanged = unchanged_parts(latest, output_dir) if out.verify.value == "stat" else {}
+
+    def decide(entry: VideoEntry) -> ResumeDecision:
+        return decide_resume(
+            latest.get(entry.key),
             output_dir,
             settings,
-            overwrite=cfg.output.overwrite,
-            retry_failed=cfg.output.retry_failed,
+            overwrite=out.overwrite,
+            retry_failed=out.retry_failed,
+            verify=out.verify.value,
+            store=out.store.value,
+            unchanged=unchanged,
         )
-        for e in entries
-    }
+
+    if out.verify.value == "full" and len(entries) > 1:
+        with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+            return dict(zip((e.key for e in entries), pool.map(decide, entries), strict=True))
+    return {e.key: decide(e) for e in entries}
+
+
+def shard_parts(
+    latest: Mapping[str, ManifestRecord], shard_index: int, num_shards: int
+) -> tuple[dict[str, tuple[int, int | None]], dict[str, int]]:
+    """This shard's packed parts: the end each must keep (its last newest record) and how many newest
+    records each holds (the packed store appends after them)."""
+    prefix = naming.packed_shard_relpath(shard_index, num_shards) + "/"
+    extents = {part: end for part, end in part_extents(latest).items() if part.startswith(prefix)}
+    counts = {part: n for part, n in part_counts(latest).items() if part.startswith(prefix)}
+    return extents, counts
 
 
 def resolve_zoo_checkpoint(model: ModelConfig) -> Path:
@@ -197,8 +221,11 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
             keys = set(keys_per_shard[index])
             mine = tuple(e for e in entries if e.key in keys)
         decisions = decide_all(cfg, mine, latest, output_dir, settings)
+        extents, counts = shard_parts(latest, index, num_shards)
         shards.append(
-            ShardPlan(cfg, output_dir, settings, weights, index, num_shards, mine, decisions, stamp)
+            ShardPlan(
+                cfg, output_dir, settings, weights, index, num_shards, mine, decisions, stamp, extents, counts
+            )
         )
     return RunPlan(cfg, output_dir, settings, weights, num_shards, tuple(shards))
 

@@ -1,11 +1,13 @@
-"""One shard's results into the output dir: each video ok (feature file, logits, sidecar, written
-atomically), failed or skipped, and its manifest record. The only code that writes a video's outputs.
+"""One shard's results into the output dir's store: each video ok, failed or moved between stores, with
+its manifest record, and one line for the videos kept from before. The only code that writes a video's
+outputs (through `pipeline.outputs.store`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,19 +21,18 @@ from pipeline.models.registry import get_spec
 from pipeline.outputs import (
     FAILED,
     OK,
-    SKIPPED,
     CheckpointRecord,
+    FilesStore,
     ManifestRecord,
+    ManifestWriter,
     OutputError,
-    ResumeDecision,
+    PackedStore,
     Sidecar,
-    append_record,
-    file_sha256,
+    VideoArrays,
+    VideoStore,
     now_iso,
-    read_sidecar,
-    save_array,
-    save_sidecar,
 )
+from pipeline.outputs.reader import ReadError, open_record
 from pipeline.run.plan import ShardPlan
 from pipeline.videolist import VideoEntry
 
@@ -60,29 +61,30 @@ def is_partial(result: VideoResult) -> bool:
     return header is not None and header > 0 and decoded < 0.95 * header - 2 * result.frame_duration
 
 
-def remove_outputs(output_dir: Path, key: str, num_frames: int) -> None:
-    """Delete a video's old outputs (its recomputation failed: nothing stale may count as done)."""
-    sidecar = output_dir / naming.sidecar_relpath(key, num_frames)
-    extra: list[str] = []
-    if sidecar.is_file():
-        try:
-            extra = list((read_sidecar(sidecar).get("logits") or {}).values())
-        except (OSError, ValueError):
-            extra = []
-    for rel in (naming.feature_relpath(key, num_frames), *extra):
-        (output_dir / rel).unlink(missing_ok=True)
-    sidecar.unlink(missing_ok=True)
-
-
 class ResultWriter:
-    """Writes one shard's results: `ok`, `failed` or `skipped`, each ending in one manifest record."""
+    """Writes one shard's results into its store (`output.store`), each ending in one manifest record:
+    `ok`, `failed`, `moved` (kept, copied from the other store), and one `kept` line for the rest.
+    durable=False: no fsync per video (fabricated runs in benchmarks; see pipeline.outputs.store)."""
 
-    def __init__(self, shard: ShardPlan) -> None:
+    def __init__(self, shard: ShardPlan, durable: bool = True) -> None:
         self.shard = shard
         self.output_dir = shard.output_dir
-        self.manifest = shard.output_dir / naming.manifest_relpath(shard.index, shard.count)
+        self.manifest = ManifestWriter(shard.output_dir / naming.manifest_relpath(shard.index, shard.count))
         self.config_data = resolved_config(shard.cfg)
         self.num_frames = shard.cfg.data.num_frames
+        self.files = FilesStore(shard.output_dir, self.num_frames, durable)
+        self.store: VideoStore = self.files
+        if shard.cfg.output.store.value == "packed":
+            header = {"settings": shard.settings, "config": self.config_data}
+            self.store = PackedStore(
+                shard.output_dir,
+                shard.index,
+                shard.count,
+                header,
+                shard.part_extents,
+                shard.part_counts,
+                durable,
+            )
         self._names: tuple[str, ...] | None = None
         self._names_read = False
 
@@ -93,48 +95,75 @@ class ResultWriter:
             status=status,
             outcome=fields.pop("outcome", status),
             settings=self.shard.settings,
-            time=now_iso(),
+            time=now_iso("microseconds"),
             **fields,
         )
-        append_record(self.manifest, record)
+        self.manifest.append(record)
         return record
 
-    def skipped(self, entry: VideoEntry, decision: ResumeDecision) -> ManifestRecord:
-        """A video kept from before: its earlier outcome and output, and why it still counts."""
-        done = decision.record
-        kept: dict[str, Any] = {}
-        if done is not None:
-            kept = {
-                "rows": done.rows,
-                "dim": done.dim,
-                "output": done.output,
-                "sha256": done.sha256,
-                "size": done.size,
-                "error": done.error,
-            }
-        outcome = done.final_outcome if done is not None else OK
-        return self._record(entry, SKIPPED, outcome=outcome, reason=decision.reason, **kept)
+    def close(self) -> None:
+        """The end of the shard run: every record on disk."""
+        self.manifest.close()
+
+    def kept(self, reasons: Mapping[str, int]) -> None:
+        """One manifest line for the videos this run keeps from before (their records stay the newest)."""
+        self.manifest.kept(self.shard.index, self.shard.count, now_iso(), reasons)
 
     def failed(self, entry: VideoEntry, error: str, result: VideoResult | None = None) -> ManifestRecord:
         """A video that failed: its old outputs go (nothing stale may count as done), one record says why."""
         if result is not None:
-            remove_outputs(self.output_dir, entry.key, self.num_frames)
+            self.store.forget(entry.key)
             return self._record(
                 entry, FAILED, error=error, seconds=round(result.seconds, 3), frames=result.frames
             )
         return self._record(entry, FAILED, error=error)
 
     def ok(self, entry: VideoEntry, result: VideoResult) -> ManifestRecord:
-        """Write a finished video's feature file, logits and sidecar atomically, then its record; a write
-        that fails (a full disk) leaves nothing half-written and raises OutputError."""
+        """Write a finished video into the store, then its record; a write that fails (a full disk) leaves
+        nothing half-written and raises OutputError."""
         try:
             fields = self._write(entry, result)
         except OutputError:
-            remove_outputs(self.output_dir, entry.key, self.num_frames)
+            self.store.forget(entry.key)
             raise
+        if self.store is not self.files:
+            self.files.forget(entry.key)  # a files-store output of an earlier run is superseded
         return self._record(
             entry, OK, seconds=round(result.seconds, 3), frames=result.frames, error=result.error, **fields
         )
+
+    def moved(self, entry: VideoEntry, done: ManifestRecord) -> ManifestRecord:
+        """Copy a kept video from the other store into this run's (`output.store` changed), record it, then
+        delete its old feature files (a packed record needs no deleting: the new record supersedes it)."""
+        try:
+            video = open_record(done, self.output_dir)
+            features = video.load()
+            arrays = VideoArrays(
+                features,
+                video.timestamps,
+                {naming.head_of_logits_name(n): ref.load() for n, ref in video.logits.items()},
+            )
+        except ReadError as error:
+            raise OutputError(
+                0, f"cannot move {entry.rel} to the {self.store.name} store: {error}"
+            ) from error
+        files = {h: naming.logits_relpath(entry.key, self.num_frames, h) for h in arrays.logits}
+        # the files store names logits files in the sidecar; a packed record holds them as arrays
+        sidecar = dataclasses.replace(
+            video.sidecar, logits=(files or None) if self.store is self.files else None
+        )
+        stored = self.store.write(entry.key, arrays, sidecar)
+        kept = {k: getattr(done, k) for k in ("seconds", "frames", "rows", "dim", "error", "partial")}
+        record = self._record(
+            entry,
+            OK,
+            reason=f"moved from the {'packed' if done.packed else 'files'} store",
+            **kept,
+            **stored.fields(),
+        )
+        if not done.packed:
+            self.files.forget(entry.key)
+        return record
 
     def _class_names(self) -> tuple[str, ...] | None:
         if not self._names_read:
@@ -142,28 +171,26 @@ class ResultWriter:
         return self._names
 
     def _write(self, entry: VideoEntry, result: VideoResult) -> dict[str, Any]:
-        """The video's files; returns the manifest record's output fields."""
+        """The video's arrays and sidecar into the store; returns the manifest record's output fields."""
         cfg, weights = self.shard.cfg, self.shard.weights
-        T = self.num_frames
-        npy = self.output_dir / naming.feature_relpath(entry.key, T)
         dtype = np.dtype(cfg.output.dtype.value)
         timestamps = result.timestamps if result.timestamps is not None else np.zeros((0, 3))
         dim = result.features.shape[-1] if result.features is not None else 0
         shape = (0, dim) if result.features is None else result.features.shape
         features = result.features.astype(dtype) if result.features is not None else np.zeros(shape, dtype)
-        save_array(npy, features)
-        logits_files, top5 = {}, {}
-        for head, values in (result.logits or {}).items():
-            rel = naming.logits_relpath(entry.key, T, head)
-            save_array(self.output_dir / rel, values.astype(np.float32))
-            logits_files[head] = rel
-            top5[head] = top_classes(values, self._class_names() if head == "logits" else None)
+        logits = {head: values.astype(np.float32) for head, values in (result.logits or {}).items()}
+        top5 = {
+            head: top_classes(values, self._class_names() if head == "logits" else None)
+            for head, values in logits.items()
+        }
+        files = {h: naming.logits_relpath(entry.key, self.num_frames, h) for h in logits}
         info = result.info
         native_fps = info.native_fps if info else None
+        timestamps = np.round(timestamps, 6)
         sidecar = Sidecar(
             key=entry.key,
             settings=self.shard.settings,
-            timestamps=np.round(timestamps, 6).tolist(),
+            timestamps=timestamps.tolist(),
             video=entry.rel,
             source=str(entry.path),
             kind=info.kind if info else None,
@@ -183,18 +210,18 @@ class ResultWriter:
             seconds=round(result.seconds, 3),
             model=cfg.model.name,
             checkpoint=CheckpointRecord(weights.path, weights.sha256, weights.random),
-            logits=logits_files or None,
+            logits=(files or None) if self.store is self.files else None,
             top5=top5 or None,
             package_version=pipeline.__version__,
             config=self.config_data,
             created=now_iso(),
         )
-        save_sidecar(self.output_dir / naming.sidecar_relpath(entry.key, T), sidecar)
+        stored = self.store.write(
+            entry.key, VideoArrays(features, timestamps.reshape(-1, 3), logits), sidecar
+        )
         return {
             "rows": int(features.shape[0]),
             "dim": int(dim),
-            "output": naming.feature_relpath(entry.key, T),
-            "sha256": file_sha256(npy),
-            "size": npy.stat().st_size,
             "partial": is_partial(result),
+            **stored.fields(),
         }

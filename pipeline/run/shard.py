@@ -1,4 +1,4 @@
-"""Run one shard of a planned run: take its lock, write the skipped and listed-as-failed videos' records,
+"""Run one shard of a planned run: take its lock, record the kept, moved and listed-as-failed videos,
 extract the rest through the engine, write each result as it completes (`ResultWriter`).
 """
 
@@ -89,10 +89,13 @@ def log_recomputed(recomputed: dict[str, list[str]]) -> None:
 
 
 def record_kept_and_listed(shard: ShardPlan, writer: ResultWriter, summary: ShardSummary) -> list[VideoEntry]:
-    """Write the records of the videos not extracted (listed with an error, or kept from before); return
-    the entries to extract, logging once per reason why kept work is recomputed."""
+    """Write the records of the videos not extracted (listed with an error; kept from before: one line for
+    all of them; moved from the other store: a record each); return the entries to extract, logging once
+    per reason why kept work is recomputed."""
     todo: list[VideoEntry] = []
     recomputed: dict[str, list[str]] = {}
+    kept: dict[str, int] = {}
+    moved = 0
     for entry in shard.entries:
         decision = shard.decisions[entry.key]
         if entry.error:
@@ -103,9 +106,16 @@ def record_kept_and_listed(shard: ShardPlan, writer: ResultWriter, summary: Shar
             if decision.reason != "new":
                 recomputed.setdefault(decision.reason, []).append(entry.rel)
             todo.append(entry)
+        elif decision.move and decision.record is not None:
+            summary.skipped += 1
+            writer.moved(entry, decision.record)
+            moved += 1
         else:
             summary.skipped += 1
-            writer.skipped(entry, decision)
+            kept[decision.reason] = kept.get(decision.reason, 0) + 1
+    writer.kept(kept)
+    if moved:
+        log.info("moved %d kept videos into the %s store (nothing recomputed)", moved, writer.store.name)
     log_recomputed(recomputed)
     return todo
 
@@ -126,7 +136,6 @@ def run_shard(planned: ShardPlan) -> ShardSummary:
     try:
         shard = planned.current()  # decided again if the manifests moved on (a requeued job)
         clean_stale_temps(shard.output_dir)
-        engine = build_engine(cfg, shard.weights)
         if shard.weights.random:
             log.warning(
                 "RANDOM WEIGHTS: model.checkpoint=random -- these features are not meaningful; "
@@ -143,7 +152,11 @@ def run_shard(planned: ShardPlan) -> ShardSummary:
             len(todo),
             summary.skipped,
         )
-        extract_videos(shard, engine, writer, todo, summary)
+        try:
+            if todo:  # a rerun with nothing to do builds no model
+                extract_videos(shard, build_engine(cfg, shard.weights), writer, todo, summary)
+        finally:
+            writer.close()
     except OutputError as error:
         raise stopping(error) from error
     finally:

@@ -135,7 +135,8 @@ def test_external_layout_reads_the_same_arrays_and_survives_a_move(run_dir: Path
     shutil.move(run_dir, moved)
     snap_copy, snap_external = snapshot(moved / "copy.h5"), snapshot(moved / "external.h5")
     for snap in (snap_copy, snap_external):
-        snap["/"].pop("created"), snap["/"].pop("layout")
+        for name in ("created", "layout", "records_sha256"):  # the digest names the layout
+            snap["/"].pop(name)
         for key in VIDEOS:  # chunking differs by design
             for name in ("features", "logits"):
                 values, dtype, *_ = snap[f"{key}/{name}"]
@@ -328,3 +329,110 @@ def test_every_logit_head_gets_a_dataset(tmp_path: Path) -> None:
                 expected = np.load(run / "features" / f"a_32.{name.removeprefix('logits_')}.npy")
                 np.testing.assert_array_equal(open_dataset(group, name)[()], expected)
             assert "logits" not in group
+
+
+# --- reruns cost what changed ----------------------------------------------------------------------
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys consolidation writes, in order."""
+    import pipeline.consolidate as module
+
+    written: list[str] = []
+    real = module._write_video
+
+    def counting(h5, video, *args):
+        written.append(video.key)
+        return real(h5, video, *args)
+
+    monkeypatch.setattr(module, "_write_video", counting)
+    return written
+
+
+def test_a_current_file_is_left_alone_without_opening_a_video(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.consolidate as module
+
+    dest = consolidate([run_dir])
+    before = dest.stat().st_mtime_ns
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a current file needs no video opened")
+
+    monkeypatch.setattr(module, "scan", forbidden)
+    monkeypatch.setattr(module, "open_record", forbidden)
+    assert consolidate([run_dir]) == dest
+    assert dest.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("store", ["files", "packed"])
+def test_one_changed_video_is_written_in_place_and_the_file_equals_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    run = make_output_dir(tmp_path / "run", VIDEOS, dim=16, failed=["broken/clip"], store=store)
+    dest = consolidate([run])
+    changed = {"solo": np.full((4, 16), 7.0, np.float32)}
+    make_output_dir(run, {"solo": 12}, dim=16, arrays=changed, store=store, hour=1)  # solo recomputed
+    written = count_writes(monkeypatch)
+    assert consolidate([run]) == dest and written == ["solo"]
+    assert not (run / "features.h5.updating").exists()
+    fresh = consolidate([run], tmp_path / "fresh.h5")
+    assert written[0] == "solo" and sorted(written[1:]) == sorted(VIDEOS)
+    updated, whole = snapshot(dest), snapshot(fresh)
+    for snap in (updated, whole):
+        snap["/"].pop("created")
+    assert updated == whole
+    with h5py.File(dest, "r") as h5:
+        np.testing.assert_array_equal(h5["solo/features"][()], changed["solo"])
+
+
+def test_an_update_killed_midway_makes_the_next_run_write_the_whole_file(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = consolidate([run_dir])
+    make_output_dir(run_dir, {"solo": 12}, dim=16, arrays={"solo": np.ones((2, 16), np.float32)}, hour=1)
+    (run_dir / "features.h5.updating").write_text("updating since a kill\n")
+    written = count_writes(monkeypatch)
+    consolidate([run_dir])
+    assert sorted(written) == sorted(VIDEOS) and not (run_dir / "features.h5.updating").exists()
+    with h5py.File(dest, "r") as h5:
+        np.testing.assert_array_equal(h5["solo/features"][()], np.ones((2, 16), np.float32))
+
+
+def test_a_standalone_consolidation_removes_what_a_killed_one_left(run_dir: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = run_dir / f".features.h5{outputs.TEMP_MARK}{os.uname().nodename}-{dead.pid}-abc"
+    left.write_bytes(b"\0" * 1000)
+    consolidate([run_dir])
+    assert not left.exists()
+
+
+def test_packed_and_files_stores_consolidate_to_the_same_videos(tmp_path: Path) -> None:
+    files = make_output_dir(tmp_path / "files", VIDEOS, dim=16, failed=["broken/clip"], logits=["logits"])
+    packed = make_output_dir(
+        tmp_path / "packed", VIDEOS, dim=16, failed=["broken/clip"], logits=["logits"], store="packed"
+    )
+    a, b = snapshot(consolidate([files])), snapshot(consolidate([packed]))
+    for snap in (a, b):
+        for name in ("created", "records_sha256"):
+            snap["/"].pop(name)
+        for name in ("_index", "_failed", "_config", "_configs"):  # name the output dir
+            snap.pop(name)
+    assert a == b
+
+
+def test_a_corrupted_packed_record_is_named_by_consolidation(tmp_path: Path) -> None:
+    run = make_output_dir(tmp_path / "run", VIDEOS, dim=16, store="packed")
+    latest, _ = outputs.latest_records(run)
+    record = latest["solo"]
+    part = run / str(record.output)
+    data = bytearray(part.read_bytes())
+    data[int(record.offset or 0) + int(record.size or 0) - 1] ^= 0xFF
+    part.write_bytes(bytes(data))
+    with pytest.raises(
+        ConsolidateError, match=r"solo's record differs from its manifest.*output.verify=full"
+    ):
+        consolidate([run])
+    assert not (run / "features.h5").exists()

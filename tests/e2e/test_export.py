@@ -15,6 +15,7 @@ from pipeline.export import (
     MISSING_NAME,
     OPENTAD_SUMMARY_NAME,
     SUMMARY_NAME,
+    WRITTEN_NAME,
     ExportError,
     export_actionformer,
     export_opentad,
@@ -180,7 +181,7 @@ def test_opentad_round_trip_through_loadfeats(tmp_path: Path, dtype: str) -> Non
         loaded = opentad_load({"video_name": name, "data_path": summary["data_path"], "sample_stride": 1})
         np.testing.assert_array_equal(loaded, original.astype(np.float32).T)  # (C, T) after Rearrange
     assert sorted(p.name for p in (tmp_path / "ot").iterdir()) == sorted(
-        [MISSING_NAME, OPENTAD_SUMMARY_NAME, "P01_01.npy", "P01_02.npy", "P02_03.npy"]
+        [MISSING_NAME, OPENTAD_SUMMARY_NAME, WRITTEN_NAME, "P01_01.npy", "P01_02.npy", "P02_03.npy"]
     )
     # the block list as OpenTAD's configs name it (data_path + "missing_files.txt") and read it
     assert summary["block_list"] == summary["data_path"] + MISSING_NAME
@@ -276,3 +277,23 @@ def test_cli_prints_the_config_snippet(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "af" / "a.npy").exists()
     with pytest.raises(SystemExit):
         main(["--format", "opentad", "--ext", ".npz", str(run), str(tmp_path / "ot2")])
+
+
+@pytest.mark.parametrize("store", ["files", "packed"])
+def test_a_rerun_rewrites_only_what_changed(tmp_path: Path, store: str) -> None:
+    run = make_output_dir(tmp_path / "run", VIDEOS, dim=12, store=store)
+    dest = tmp_path / "ot"
+    export_opentad(run, dest)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    assert sorted(mtimes) == ["P01_01.npy", "P01_02.npy", "P02_03.npy"]
+    export_opentad(run, dest)  # nothing changed: no file written again
+    assert {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")} == mtimes
+    changed = np.full((2, 12), 3.0, np.float32)
+    make_output_dir(run, {"P02_03": 2}, dim=12, arrays={"P02_03": changed}, store=store, hour=1)
+    (dest / "P01_02.npy").write_bytes(b"")  # a file a crash left empty is written again
+    export_opentad(run, dest)
+    after = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.npy")}
+    assert after["P01_01.npy"] == mtimes["P01_01.npy"]
+    assert after["P02_03.npy"] != mtimes["P02_03.npy"]
+    np.testing.assert_array_equal(np.load(dest / "P02_03.npy"), changed)
+    assert np.load(dest / "P01_02.npy").shape == (4, 12)

@@ -16,8 +16,10 @@ import pytest
 
 from pipeline import outputs
 from pipeline.api import compose_config
-from pipeline.outputs import ShardLock, file_sha256, read_manifest
-from pipeline.run import RunError, results
+from pipeline.outputs import ShardLock, file_sha256, read_kept, read_manifest, record_sha256
+from pipeline.outputs import store as store_module
+from pipeline.outputs.reader import scan
+from pipeline.run import RunError
 from pipeline.synth import write_video
 from tests.helpers import fill_filesystem, run_config, run_extract, small_filesystem
 
@@ -48,9 +50,33 @@ def manifest_of(out: Path) -> list[dict]:
     return records
 
 
-def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_path):
+def kept_lines(out: Path) -> list[dict]:
+    return read_kept(out / "manifests" / "shard-0-of-1.jsonl")
+
+
+def features_of(out: Path) -> dict[str, np.ndarray]:
+    """Every finished video's features, whatever the store, through the one reader."""
+    return {video.key: video.load() for video in scan([out]).videos}
+
+
+def record_intact(out: Path, record: dict) -> bool:
+    """Whether a record's output bytes are what its manifest says (a feature file, or a packed record)."""
+    if record.get("offset") is None:
+        return file_sha256(out / record["output"]) == record["sha256"]
+    return record_sha256(out / record["output"], record["offset"], record["size"]) == record["sha256"]
+
+
+@pytest.mark.parametrize("store", ["files", "packed"])
+def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_path, store):
     out = tmp_path / "out"
-    args = [*BASE, f"data.root={many_videos}", f"output_dir={out}", "data.stride=1", "hardware.batch_size=1"]
+    args = [
+        *BASE,
+        f"data.root={many_videos}",
+        f"output_dir={out}",
+        "data.stride=1",
+        "hardware.batch_size=1",
+        f"output.store={store}",
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.extract", *args],
         cwd=tmp_path,
@@ -67,26 +93,33 @@ def test_sigkill_midway_then_rerun_recomputes_only_the_rest(many_videos, tmp_pat
     proc.wait()
     finished = {r["key"]: r for r in manifest_of(out) if r["status"] == "ok"}
     assert 2 <= len(finished) < 6, "the kill should land mid-run"
-    kept = {k: (out / r["output"]).stat().st_mtime_ns for k, r in finished.items()}
+    mtimes = {k: (out / r["output"]).stat().st_mtime_ns for k, r in finished.items()}
 
     done = run_extract(tmp_path, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     records = manifest_of(out)
-    rerun = {r["key"]: r for r in records[len(records) - 6 :]}
+    newest = {r["key"]: r for r in records}
     for key, record in finished.items():
-        assert rerun[key]["status"] == "skipped"
-        assert (out / record["output"]).stat().st_mtime_ns == kept[key]  # not rewritten: bit-identical
-        assert file_sha256(out / record["output"]) == record["sha256"]
-    assert {k for k, r in rerun.items() if r["status"] == "ok"} == {f"v{i}" for i in range(6)} - set(finished)
+        assert newest[key] == record  # kept: no new record, its output not rewritten
+        assert record_intact(out, record)
+        if store == "files":
+            assert (out / record["output"]).stat().st_mtime_ns == mtimes[key]
+    rerun = records[len(finished) :]
+    assert {r["key"] for r in rerun if r["status"] == "ok"} == {f"v{i}" for i in range(6)} - set(finished)
+    (kept,) = kept_lines(out)
+    assert kept["count"] == len(finished) and kept["reasons"] == {"done": len(finished)}
     assert not list(out.rglob("*.tmp-*"))
+    if store == "packed":
+        assert not (out / "features").exists() or not list((out / "features").iterdir())
+        assert len(list((out / "packed").rglob("*.npk"))) == 1
 
     reference = tmp_path / "reference"
-    full = run_extract(tmp_path, *args[:-1], f"output_dir={reference}")
+    full = run_extract(tmp_path, *args[:-2], f"output_dir={reference}")
     assert full.returncode == 0
-    for i in range(6):
-        a = np.load(out / "features" / f"v{i}_8.npy")
-        b = np.load(reference / "features" / f"v{i}_8.npy")
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    ours, theirs = features_of(out), features_of(reference)
+    assert sorted(ours) == sorted(theirs) == [f"v{i}" for i in range(6)]
+    for key in ours:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
 
 
 def _cfg(root: Path, out: Path, *extra: str):
@@ -127,8 +160,9 @@ def test_failed_videos_retried_unless_told_not_to(tmp_path):
     assert (retried.failed, retried.skipped) == (1, 1)
     no_retry = run_config(_cfg(root, out, "output.retry_failed=false"))
     assert (no_retry.failed, no_retry.skipped) == (0, 2)
-    last = manifest_of(out)[-1]
-    assert last["key"] == "bad" and last["status"] == "skipped" and last["outcome"] == "failed"
+    last = manifest_of(out)[-1]  # no new record: the failure stands, counted on the run's kept line
+    assert last["key"] == "bad" and last["status"] == "failed"
+    assert kept_lines(out)[-1]["reasons"] == {"done": 1, "failed before; output.retry_failed=false": 1}
 
 
 def test_corrupt_manifest_line_is_reported_and_that_video_recomputed(many_videos, tmp_path, caplog):
@@ -167,28 +201,30 @@ def test_disk_full_fails_the_video_stops_the_run_and_a_rerun_continues(many_vide
     real_save = outputs.save_array
     calls = {"n": 0}
 
-    def full_disk(path, array):
+    def full_disk(path, array, durable=True):
         calls["n"] += 1
         if calls["n"] == 3:
             raise outputs.OutputError(errno.ENOSPC, f"cannot write {path}: No space left on device")
-        real_save(path, array)
+        real_save(path, array, durable)
 
-    monkeypatch.setattr(results, "save_array", full_disk)  # the writer of results
+    monkeypatch.setattr(store_module, "save_array", full_disk)  # the files store's writer
     with pytest.raises(RunError, match="No space left on device.*rerun"):
         run_config(_cfg(many_videos, out))
     ok = [r for r in manifest_of(out) if r["status"] == "ok"]
     assert len(ok) == 2
     assert len(list((out / "features").glob("*.npy"))) == 2  # nothing partial
-    monkeypatch.setattr(results, "save_array", real_save)
+    monkeypatch.setattr(store_module, "save_array", real_save)
     summary = run_config(_cfg(many_videos, out))
     assert (summary.ok, summary.skipped) == (4, 2)
 
 
-def test_disk_full_on_a_real_filesystem_prints_one_line_and_a_rerun_completes(many_videos, tmp_path):
+@pytest.mark.parametrize("store", ["files", "packed"])
+def test_disk_full_on_a_real_filesystem_prints_one_line_and_a_rerun_completes(many_videos, tmp_path, store):
     with small_filesystem(tmp_path / "small", "1m") as small:
         out = small / "out"
-        args = (*BASE, f"data.root={many_videos}", f"output_dir={out}")
-        ballast = fill_filesystem(small, leave=40 * 1024)  # room for the first videos only
+        args = (*BASE, f"data.root={many_videos}", f"output_dir={out}", f"output.store={store}")
+        # room for the first videos only (a packed video takes its bytes, a file at least a block)
+        ballast = fill_filesystem(small, leave=(40 if store == "files" else 16) * 1024)
         done = run_extract(tmp_path, *args)
         text = done.stdout + done.stderr
         assert done.returncode == 2, text[-2000:]
@@ -199,16 +235,21 @@ def test_disk_full_on_a_real_filesystem_prints_one_line_and_a_rerun_completes(ma
         ok = {r["key"]: r for r in manifest_of(out) if r["status"] == "ok"}
         assert 0 < len(ok) < 6, "the disk should fill mid-run"
         assert not list(out.rglob("*.tmp-*"))
-        kept = sorted(p.name for p in (out / "features").iterdir())  # nothing partial: each file whole
-        assert kept == sorted(f"{k}_8{ext}" for k in ok for ext in (".json", ".npy"))
-        assert all(file_sha256(out / r["output"]) == r["sha256"] for r in ok.values())
+        if store == "files":  # nothing partial: each file whole
+            kept = sorted(p.name for p in (out / "features").iterdir())
+            assert kept == sorted(f"{k}_8{ext}" for k in ok for ext in (".json", ".npy"))
+        else:  # nothing partial: the part ends where its last record does
+            (part,) = (out / "packed").rglob("*.npk")
+            assert part.stat().st_size == max(r["offset"] + r["size"] for r in ok.values())
+        assert all(record_intact(out, r) for r in ok.values())
 
         ballast.unlink()  # space returns
         again = run_extract(tmp_path, *args)
         assert again.returncode == 0, again.stderr[-2000:]
-        records = manifest_of(out)[-6:]
-        assert {r["key"] for r in records if r["status"] == "skipped"} == set(ok)
-        assert {r["key"] for r in records if r["status"] == "ok"} == {f"v{i}" for i in range(6)} - set(ok)
+        newest = {r["key"]: r for r in manifest_of(out)}
+        assert all(newest[key] == record for key, record in ok.items())  # kept as they were
+        assert {k for k, r in newest.items() if r["status"] == "ok"} == {f"v{i}" for i in range(6)}
+        assert kept_lines(out)[-1]["count"] == len(ok)
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(many_videos, tmp_path):
