@@ -7,6 +7,7 @@ which videos run or where results go beyond the output dir's name.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipeline.config import (
     HardwareConfig,
     Interpolation,
     ResizeMode,
+    Stream,
     Window,
 )
 from pipeline.decode import SourceOpener
@@ -36,6 +38,7 @@ from pipeline.hardware import (
     usable_cpus,
 )
 from pipeline.inference import TorchClipModel, device_or_fail, load_model
+from pipeline.io import FLOW_CHANNELS, FlowSettings, StoredFrames, TVL1Params
 from pipeline.sampling import WindowSpec
 from pipeline.transforms import FrameTransform
 from pipeline.weights import WeightsInfo
@@ -79,7 +82,56 @@ def frame_transform(cfg: ExtractConfig) -> FrameTransform:
         backend=r.backend.value,
         crop_rounding=r.crop_rounding.value,
         interpolation=r.interpolation.value,
+        channels=FLOW_CHANNELS if cfg.data.stream is Stream.flow else 3,
     )
+
+
+def stored_frames(data: DataConfig) -> StoredFrames:
+    """The frames as a frame-extraction tool stored them (`data.stored_frames`)."""
+    s = data.stored_frames
+    size = (s.size[0], s.size[1]) if s.size is not None else None
+    return StoredFrames(size=size, jpeg_quality=s.jpeg_quality, skip_first=s.skip_first)
+
+
+def flow_settings(data: DataConfig) -> FlowSettings:
+    """The flow stream's algorithm and parameters (`data.flow`)."""
+    t = data.flow.tvl1
+    params = TVL1Params(
+        tau=t.tau,
+        lambda_=t.lambda_,
+        theta=t.theta,
+        nscales=t.nscales,
+        warps=t.warps,
+        epsilon=t.epsilon,
+        inner_iterations=t.inner_iterations,
+        outer_iterations=t.outer_iterations,
+        scale_step=t.scale_step,
+        gamma=t.gamma,
+        median_filtering=t.median_filtering,
+    )
+    return FlowSettings(algorithm=data.flow.algorithm.value, bound=float(data.flow.bound), tvl1=params)
+
+
+def stream_settings(data: DataConfig) -> dict[str, Any]:
+    """The settings of the stream that change the numbers (empty for decoded RGB frames, the default)."""
+    found: dict[str, Any] = {}
+    if data.stream is Stream.flow:
+        found["stream"] = data.stream.value
+        flow = flow_settings(data)
+        found["flow"] = {
+            "algorithm": flow.algorithm,
+            "bound": flow.bound,
+            "tvl1": dataclasses.asdict(flow.tvl1),
+        }
+    stored = stored_frames(data)
+    if stored.active:
+        found["stored_frames"] = {
+            "size": list(stored.size) if stored.size else None,
+            "jpeg_quality": stored.jpeg_quality,
+            # flow fields start at frame 1 whatever this says: recorded for the RGB stream only
+            **({"skip_first": stored.skip_first} if data.stream is Stream.rgb else {}),
+        }
+    return found
 
 
 def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, Any]:
@@ -121,6 +173,7 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
         "std": list(m.std),
         "frames_fps": d.frames.fps,
         "precision": cfg.hardware.precision.value,
+        **stream_settings(d),  # absent for decoded RGB frames: older outputs still match
     }
 
 
@@ -193,6 +246,9 @@ def build_engine(cfg: ExtractConfig, weights: WeightsInfo) -> Engine:
         frames_fps=data.frames.fps,
         resize=transform.decoder_resize,
         threads=decoder_threads(usable_cpus(), hw.decode_workers),  # workers x threads ~ this job's CPUs
+        stream=data.stream.value,
+        stored=stored_frames(data),
+        flow=flow_settings(data),
     )
     engine = Engine(
         clip_model,

@@ -61,6 +61,15 @@ class CropRounding(str, Enum):
     half_even = "half_even"  # torchvision's CenterCropVideo (Python round), Ego4D's features
 
 
+class Stream(str, Enum):
+    rgb = "rgb"  # the decoded (or stored) RGB frames
+    flow = "flow"  # optical flow of consecutive frames, 2 channels (x, y): pipeline.io.flow
+
+
+class FlowAlgorithm(str, Enum):
+    tvl1 = "tvl1"  # OpenCV contrib's CPU Dual TV-L1 (cv2.optflow)
+
+
 class ResizeBackend(str, Enum):
     torch = "torch"
     ffmpeg = "ffmpeg"
@@ -153,6 +162,46 @@ class ResizeConfig:
 
 
 @dataclass
+class StoredFramesConfig:
+    """The frames as a frame-extraction tool wrote them to disk before the recipe read them back
+    (pipeline.io.flow.StoredFrames): dense_flow resized to 340x256 and stored JPEG, writing no image for
+    frame 0. null / false: the decoded frames as they are."""
+
+    # [w, h]: cv2.resize INTER_LINEAR first, aspect not kept (the flow is computed at this size)
+    size: list[int] | None = None
+    jpeg_quality: int | None = None  # 1..100: a JPEG round trip of every RGB frame / flow image
+    skip_first: bool = False  # the RGB stream starts at frame 1 (flow fields always do)
+
+
+@dataclass
+class TVL1Config:
+    """cv2.optflow.DualTVL1OpticalFlow_create's arguments (pipeline.io.flow.TVL1Params); the defaults are
+    dense_flow's CUDA call (300 iterations, no median filter), not OpenCV's CPU defaults."""
+
+    tau: float = 0.25
+    lambda_: float = 0.15
+    theta: float = 0.3
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 300
+    outer_iterations: int = 1
+    scale_step: float = 0.8
+    gamma: float = 0.0
+    median_filtering: int = 1
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow of the flow stream (data.stream=flow): algorithm, the bound of its 0..255 images
+    (components clipped to +-bound), the solver's parameters."""
+
+    algorithm: FlowAlgorithm = FlowAlgorithm.tvl1
+    bound: float = 20.0
+    tvl1: TVL1Config = field(default_factory=TVL1Config)
+
+
+@dataclass
 class FramesConfig:
     """Folders of frames: file name pattern (Python format) and their frame rate."""
 
@@ -179,6 +228,9 @@ class DataConfig:
     crop_reduce: CropReduce = CropReduce.stack
     frames: FramesConfig = field(default_factory=FramesConfig)
     decode_timeout_s: float | None = 600.0
+    stream: Stream = Stream.rgb
+    stored_frames: StoredFramesConfig = field(default_factory=StoredFramesConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
 
 
 @dataclass
@@ -324,6 +376,7 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         )
     if d.resize.mode is ResizeMode.fixed and d.resize.crop > min(d.resize.size):
         _fail("data.resize.crop", f"{d.resize.crop} is larger than data.resize.size={list(d.resize.size)}")
+    validate_streams(c)
     if not Path(d.root).expanduser().is_dir():
         _fail("data.root", f"no such directory: {d.root}")
     if h.shard_index is not None and not 0 <= h.shard_index < h.num_shards:
@@ -332,6 +385,46 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
         _fail("hardware.threads", f"must be >= 1 or null (got {h.threads})")
     if h.device is Device.cpu and h.precision is Precision.fp16:
         _fail("hardware.precision", "fp16 autocast is for GPUs; use fp32 (or bf16) on CPU")
+
+
+def validate_streams(c: ExtractConfig) -> None:
+    """The stream settings: stored frames, the flow's algorithm and parameters, and what a flow stream
+    cannot be combined with."""
+    d = c.data
+    stored = d.stored_frames
+    if stored.size is not None and (len(stored.size) != 2 or min(stored.size) < 1):
+        _fail("data.stored_frames.size", f"must be [width, height] >= 1 or null (got {list(stored.size)})")
+    if stored.jpeg_quality is not None and not 1 <= stored.jpeg_quality <= 100:
+        _fail("data.stored_frames.jpeg_quality", f"must be in 1..100 or null (got {stored.jpeg_quality})")
+    if d.resize.backend is ResizeBackend.ffmpeg and (d.stream is Stream.flow or stored.size is not None):
+        key = "data.stream" if d.stream is Stream.flow else "data.stored_frames.size"
+        _fail(
+            key,
+            "data.resize.backend=ffmpeg resizes in the decoder, before the stored frames and the flow are "
+            "made: use data.resize.backend=torch",
+        )
+    if d.stream is not Stream.flow:
+        return
+    if not d.flow.bound > 0:
+        _fail("data.flow.bound", f"must be > 0 (got {d.flow.bound})")
+    t = d.flow.tvl1
+    for name in ("tau", "lambda_", "theta", "epsilon"):
+        if not getattr(t, name) > 0:
+            _fail(f"data.flow.tvl1.{name}", f"must be > 0 (got {getattr(t, name)})")
+    for name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
+        if getattr(t, name) < 1:
+            _fail(f"data.flow.tvl1.{name}", f"must be >= 1 (got {getattr(t, name)})")
+    if not 0 < t.scale_step < 1:
+        _fail("data.flow.tvl1.scale_step", f"must be in (0, 1) (got {t.scale_step})")
+    if t.gamma < 0:
+        _fail("data.flow.tvl1.gamma", f"must be >= 0 (got {t.gamma})")
+    if t.median_filtering not in (1, 3, 5):
+        _fail(
+            "data.flow.tvl1.median_filtering",
+            f"must be 1 (none), 3 or 5, the kernels of OpenCV's float median (got {t.median_filtering})",
+        )
+    if c.model.channel_order is ChannelOrder.bgr:
+        _fail("model.channel_order", "bgr would swap the flow's x and y channels; flow frames are (x, y)")
 
 
 def video_list_path(data: DataConfig) -> Path:

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, DataConfig, ModelConfig, ResizeMode
+from pipeline.config import ConfigError, DataConfig, ModelConfig, ResizeMode, Stream
 from pipeline.errors import describe_error
 from pipeline.hardware import DeviceError
+from pipeline.io.flow import CONTRIB_HINT, FLOW_CHANNELS, flow_available
 from pipeline.models import fused
 from pipeline.models.registry import VideoModel, build_model, get_spec, native_input
 from pipeline.transforms import normalize_clips
@@ -34,9 +35,11 @@ class BatchMemoryError(DeviceError):
 
 
 def check_model_config(model: ModelConfig, data: DataConfig | None = None) -> None:
-    """ConfigError unless `model.name` is a registered model, `model.feature_layer` one of its layers and
-    (given the data config) the clip size one the model takes: a model whose position embeddings fix its
-    input refuses other frame counts, sampling rates or crops, naming the key."""
+    """ConfigError unless `model.name` is a registered model, `model.feature_layer` one of its layers,
+    `model.mean` / `model.std` one value per input channel and (given the data config) the stream and the
+    clip size ones the model takes: an optical-flow model (2 input channels) needs data.stream=flow and an
+    RGB model data.stream=rgb; a model whose position embeddings fix its input refuses other frame counts,
+    sampling rates or crops. Each names its key."""
     try:
         spec = get_spec(model.name)
     except KeyError as error:
@@ -46,8 +49,17 @@ def check_model_config(model: ModelConfig, data: DataConfig | None = None) -> No
             f"model.feature_layer: {model.feature_layer!r} is not a feature layer of {model.name}; "
             f"choose from {list(spec.feature_layers)}"
         )
+    channels = spec.input_channels
+    for key, values in (("model.mean", model.mean), ("model.std", model.std)):
+        if len(values) != channels:
+            raise ConfigError(
+                f"{key}: {model.name} takes {channels} input channels, so {channels} values (got {list(values)})"
+            )
+    if data is None:
+        return
+    check_stream(model.name, channels, data)
     native = native_input(model.name)
-    if data is None or native is None:
+    if native is None:
         return
     frames, rate, size = native
     square = data.resize.mode is ResizeMode.square
@@ -63,6 +75,24 @@ def check_model_config(model: ModelConfig, data: DataConfig | None = None) -> No
             raise ConfigError(
                 f"{key}: must be {allowed} for model {model.name}, whose position embeddings fix it (got {got})"
             )
+
+
+def check_stream(name: str, channels: int, data: DataConfig) -> None:
+    """ConfigError unless the data's stream is the one the model takes (flow: 2 channels, RGB: 3), and the
+    flow solver exists in this OpenCV build."""
+    flow = data.stream is Stream.flow
+    if channels == FLOW_CHANNELS and not flow:
+        raise ConfigError(
+            f"data.stream: {name} is an optical-flow model (2 input channels: x, y) and needs data.stream=flow "
+            f"(got {data.stream.value})"
+        )
+    if channels != FLOW_CHANNELS and flow:
+        raise ConfigError(
+            f"data.stream: flow frames have 2 channels (x, y); {name} takes {channels} (an RGB model): use an "
+            "optical-flow model (e.g. i3d_inception_flow) or data.stream=rgb"
+        )
+    if flow and not flow_available():
+        raise ConfigError(f"data.stream: {CONTRIB_HINT}")
 
 
 def load_model(model: ModelConfig, weights: WeightsInfo, *, need_head: bool, seed: int) -> VideoModel:
@@ -310,7 +340,7 @@ def default_channels_last(device: torch.device) -> bool:
 
 
 class TorchClipModel:
-    """Normalises uint8 clips on the device and returns pooled features (and logits when asked).
+    """Normalises uint8 or float32 clips (rows, T, H, W, C: C = 3 RGB, 2 flow x, y) on the device and returns pooled features (and logits when asked).
 
     Fast paths: batch norms folded into their convs (`fold_batch_norms`, on a copy, checked on a probe
     clip), then on CPU in fp32 or bf16 conv + ReLU (+ residual add) as one oneDNN call
@@ -337,6 +367,12 @@ class TorchClipModel:
         crops: int = 1,
         pad_batches: bool | None = None,
     ) -> None:
+        channels = model.spec.input_channels
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(
+                f"{model.spec.name} takes {channels} input channels: mean and std need {channels} values each "
+                f"(got {list(mean)}, {list(std)})"
+            )
         self.device = device
         self.batch_size, self.crops = batch_size, crops  # clips per engine batch, rows per clip
         self.pad_to = padded_rows(device, batch_size, crops, pad_batches)
@@ -438,7 +474,7 @@ class TorchClipModel:
     def __call__(
         self, clips: np.ndarray, valid: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-        """Features (rows, dim) and logits per head (or None) of uint8 clips (rows, T, H, W, 3)."""
+        """Features (rows, dim) and logits per head (or None) of clips (rows, T, H, W, C)."""
         try:
             return self._run(clips, valid)
         except Exception as error:

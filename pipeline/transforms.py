@@ -58,6 +58,14 @@ def resize_opencv(image: np.ndarray, width: int, height: int) -> np.ndarray:
     _check_resize(image, width, height)
     if image.shape[0] == height and image.shape[1] == width:
         return image
+    if image.shape[2] != 3:
+        # Other channel counts (2: optical flow x, y) one plane at a time, each the grey image the recipes
+        # stored: OpenCV takes another code path for 2 channels (at an exact 2x reduction it differs).
+        planes = [
+            cv2.resize(np.ascontiguousarray(image[:, :, c]), (width, height), interpolation=cv2.INTER_LINEAR)
+            for c in range(image.shape[2])
+        ]
+        return np.stack(planes, axis=-1)
     return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
@@ -120,7 +128,17 @@ def resize_float_bilinear_antialias(image: np.ndarray, width: int, height: int) 
 def _resize_pil(resample: Image.Resampling) -> Callable[[np.ndarray, int, int], np.ndarray]:
     def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
         _check_resize(image, width, height)
-        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), resample))
+        if image.shape[2] == 3:
+            return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), resample))
+        # Other channel counts (2: optical flow x, y) one plane at a time, each an 8-bit grey image as the
+        # recipes stored them: PIL would read 2 channels as "LA" and weight the first by the second.
+        planes = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(image[:, :, c])).resize((width, height), resample)
+            )
+            for c in range(image.shape[2])
+        ]
+        return np.stack(planes, axis=-1)
 
     return resize
 
@@ -231,8 +249,15 @@ class FrameTransform:
     source_size: tuple[int, int] | None = None  # (w, h) of the upright frames, needed by decoder_resize
     crop_rounding: str = "ceil"  # centre crop offset: "ceil" (PySlowFast) | "half_even" (torchvision)
     interpolation: str = "auto"
+    channels: int = 3  # of the frames: 3 (RGB) or 2 (optical flow x, y; channel_order must be rgb)
 
     def __post_init__(self) -> None:
+        if self.channels not in (2, 3):
+            raise ValueError(f"FrameTransform.channels must be 2 (flow) or 3 (RGB) (got {self.channels})")
+        if self.channels != 3 and _name(self.channel_order) != "rgb":
+            raise ValueError(
+                "FrameTransform: channel_order bgr reverses 3 RGB channels; flow frames are (x, y)"
+            )
         for name, allowed in (
             ("mode", MODES),
             ("channel_order", CHANNEL_ORDERS),
@@ -312,11 +337,11 @@ class FrameTransform:
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
-        """(num_crops, h, w, 3) of every output."""
+        """(num_crops, h, w, channels) of every output."""
         if self.mode == "square":
             assert self.size is not None
-            return (1, self.size[1], self.size[0], 3)
-        return (self.num_crops, self.crop, self.crop, 3)
+            return (1, self.size[1], self.size[0], self.channels)
+        return (self.num_crops, self.crop, self.crop, self.channels)
 
     @property
     def output_nbytes(self) -> int:
@@ -324,7 +349,10 @@ class FrameTransform:
         return math.prod(self.output_shape) * self.dtype.itemsize
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (num_crops, h, w, 3) of `dtype`, C-contiguous, in `channel_order`."""
+        """(H, W, C) uint8 (RGB, or flow x, y) -> (num_crops, h, w, C) of `dtype`, C-contiguous, in
+        `channel_order`."""
+        if image.ndim != 3 or image.shape[2] != self.channels:
+            raise ValueError(f"FrameTransform: expected (H, W, {self.channels}) frames, got {image.shape}")
         height, width = image.shape[:2]
         target = self.resized_size(width, height)
         if target != (width, height):
@@ -335,7 +363,7 @@ class FrameTransform:
             return np.ascontiguousarray(image[None, :, :, channels])
         c = self.crop
         offsets = crop_offsets(image.shape[1], image.shape[0], c, self.num_crops, self.crop_rounding)
-        out = np.empty((len(offsets), c, c, 3), dtype=self.dtype)
+        out = np.empty((len(offsets), c, c, self.channels), dtype=self.dtype)
         for i, (x, y) in enumerate(offsets):
             out[i] = image[y : y + c, x : x + c, channels]
         return out
@@ -348,21 +376,25 @@ def normalize_clips(
     std: Sequence[float],
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 or float32 (B, T, H, W, 3) grey levels -> float32 (B, 3, T, H, W): /255, -mean, /std; invalid
-    frames exactly 0.
+    """uint8 or float32 (B, T, H, W, C) grey levels -> float32 (B, C, T, H, W): /255, -mean, /std per
+    channel (C values each: 3 for RGB, 2 for flow x, y); invalid frames exactly 0.
 
     `channels_last`: the result in channels_last_3d memory, which is the clips' own order (no transpose).
     """
-    if clips.dim() != 5 or clips.shape[-1] != 3:
-        raise ValueError(f"clips must be (B, T, H, W, 3), got {tuple(clips.shape)}")
+    if clips.dim() != 5 or clips.shape[-1] != len(mean) or len(std) != len(mean):
+        raise ValueError(
+            f"clips must be (B, T, H, W, C) with C = {len(mean)} values of mean and std (got {len(std)}), "
+            f"got {tuple(clips.shape)}"
+        )
+    channels = len(mean)
     if clips.dtype not in (torch.uint8, torch.float32):
         raise ValueError(f"clips must be uint8 or float32 grey levels, got {clips.dtype}")
     if tuple(valid.shape) != tuple(clips.shape[:2]):
         raise ValueError(f"valid must be (B, T) = {tuple(clips.shape[:2])}, got {tuple(valid.shape)}")
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     x = clips.permute(0, 4, 1, 2, 3).to(torch.float32, memory_format=layout, copy=True)  # never in place
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, channels, 1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, channels, 1, 1, 1)
     x.div_(255.0).sub_(mean_t).div_(std_t)
     x.masked_fill_(~valid.to(device=x.device, dtype=torch.bool)[:, None, :, None, None], 0.0)
     return x

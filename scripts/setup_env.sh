@@ -30,6 +30,15 @@ echo "setting up $VENV (once) ..." >&2
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # Pin the torch release: a plain `torch` may pull a multi-GB build; on a GPU node pick your CUDA build first.
 "$VENV/bin/python" -m pip show torch >/dev/null 2>&1 || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+# OpenCV comes as opencv-contrib-python-headless (TV-L1 flow is a contrib module). The plain wheel installs
+# the same cv2 package: an older venv that has it switches here. Both go, so that the contrib wheel is
+# installed whole below (uninstalling one of two wheels that share cv2/ would delete the other's files).
+if "$VENV/bin/python" -m pip show opencv-python-headless >/dev/null 2>&1 \
+  || "$VENV/bin/python" -m pip show opencv-python >/dev/null 2>&1; then
+  echo "replacing opencv-python(-headless) by opencv-contrib-python-headless ..." >&2
+  "$VENV/bin/python" -m pip uninstall -q -y opencv-python-headless opencv-python \
+    opencv-contrib-python-headless opencv-contrib-python 2>/dev/null || true
+fi
 if [ "${1:-}" = "test" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   # Test-only reference: PyPI slowfast==1.0 declares detectron2 (not installable), so no deps here.
@@ -42,4 +51,6 @@ if [ "${1:-}" = "test" ]; then
 else
   "$VENV/bin/python" -m pip install -q -e .
 fi
+"$VENV/bin/python" -c 'import cv2; cv2.optflow.DualTVL1OpticalFlow_create' \
+  || { echo "setup_env: cv2.optflow is missing (another OpenCV wheel shadows the contrib one?)" >&2; exit 1; }
 touch "$stamp"

@@ -31,6 +31,14 @@ wheel="$(ls "$work"/dist/*.whl)"
 "$py" -m pip install -q "$wheel"
 step "installed $(basename "$wheel")"
 
+step "OpenCV is the contrib wheel (TV-L1 optical flow) and the only cv2 in the venv"
+"$py" -c 'import cv2; cv2.optflow.DualTVL1OpticalFlow_create' \
+  || { echo "wheel_check: cv2.optflow missing: the package needs opencv-contrib-python-headless" >&2; exit 1; }
+if "$py" -m pip show opencv-python-headless >/dev/null 2>&1; then
+  echo "wheel_check: opencv-python-headless was installed beside the contrib wheel (they share cv2/)" >&2
+  exit 1
+fi
+
 cd "$work/run"
 site_pkg="$("$py" -c 'import pathlib, pipeline; print(pathlib.Path(pipeline.__file__).parent)')"
 case "$site_pkg" in

@@ -6,6 +6,7 @@
     python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
     python -m pipeline.benchmark --minutes 60 --stride 120 --resolution 320x240   # RSS vs video length
     python -m pipeline.benchmark --vs-seed               # whole-process time vs the old extractor's algorithm
+    python -m pipeline.benchmark --flow --video clip.mp4 # TV-L1 optical flow pairs/s per core at 340x256
 
 Everything runs in one process (the RSS-vs-length mode starts one fresh process per video length) with
 random weights (speed does not depend on their values). Rates are medians of repeated measurements:
@@ -39,6 +40,7 @@ from pipeline.bench.decode import (
     node_decode_plan,
 )
 from pipeline.bench.e2e import bench_rss, make_extractor, measure_e2e, measure_e2e_interleaved
+from pipeline.bench.flow import THUMOS14_FRAMES, bench_flow, print_flow
 from pipeline.bench.layers import layer_profile
 from pipeline.bench.media import generated_video, link_copy
 from pipeline.bench.model import (
@@ -276,6 +278,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--changed", type=int, default=1000, help="with --bookkeeping: videos the second rerun redoes"
     )
+    p.add_argument(
+        "--flow",
+        action="store_true",
+        help="TV-L1 optical flow: pairs/s per core at 340x256 (dense_flow's settings and OpenCV's CPU "
+        "defaults), the flow source's fields/s, and what --flow-frames frames cost (default video: a "
+        "generated 320x180 one; real footage gives truer figures)",
+    )
+    p.add_argument("--flow-pairs", type=int, default=10, help="with --flow: frame pairs per measurement")
+    p.add_argument(
+        "--flow-frames",
+        type=int,
+        default=THUMOS14_FRAMES,
+        help="with --flow: frames of the data set to cost (default: THUMOS14 val + test, ~2 M)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
@@ -363,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.json:
             print_bookkeeping(report)
+    elif args.flow:
+        video = args.video or generated_video(args.workdir, (320, 180), args.video_fps, 10.0)
+        report = bench_flow(video, args.flow_pairs, max(1, args.repeats // 2), args.flow_frames)
+        if not args.json:
+            print_flow(report)
     elif args.transport:
         video = args.video or generated_video(args.workdir, args.resolution, args.video_fps, args.seconds)
         report = bench_transport(s, video, args.decode_frames, max(2, args.repeats // 2))

@@ -46,24 +46,35 @@ from pipeline.io import (
     DEFAULT_FRAMES_FPS,
     DEFAULT_FRAMES_PATTERN,
     DecodeError,
+    FlowSettings,
     FrameSource,
+    StoredFrames,
     open_source,
+    stream_source,
 )
 from pipeline.sampling import ClipStream, ReadyClip, WindowSpec
 
 
 @dataclass(frozen=True)
 class SourceOpener:
-    """Opens a job's video file or frame folder with fixed settings; picklable, so worker processes get it."""
+    """Opens a job's video file or frame folder with fixed settings; picklable, so worker processes get it.
+
+    `stream` "flow": the source yields optical flow of the (resampled) frames, computed here, in the decode
+    worker (`pipeline.io.flow`); `stored`: the frames as a frame-extraction tool stored them (size, JPEG,
+    first frame skipped); `flow`: the flow algorithm and its settings.
+    """
 
     fps: float | None = None
     frames_pattern: str = DEFAULT_FRAMES_PATTERN
     frames_fps: float = DEFAULT_FRAMES_FPS
     resize: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None
     threads: int = 0  # FFmpeg decoder threads per video (0: FFmpeg's choice, one per CPU of the node)
+    stream: str = "rgb"
+    stored: StoredFrames = StoredFrames()
+    flow: FlowSettings = FlowSettings()
 
     def __call__(self, job: VideoJob) -> FrameSource:
-        return open_source(
+        source = open_source(
             job.path,
             fps=self.fps,
             frames_pattern=self.frames_pattern,
@@ -71,6 +82,11 @@ class SourceOpener:
             resize=self.resize,
             threads=self.threads,
         )
+        try:
+            return stream_source(source, self.stream, self.stored, self.flow)
+        except BaseException:
+            source.close()
+            raise
 
 
 @dataclass(frozen=True)

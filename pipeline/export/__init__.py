@@ -1,10 +1,15 @@
 """Export an output dir's features for temporal action localisation trainers: ActionFormer, OpenTAD.
 
-One module per format (`actionformer`, `opentad`), each a function `export_<format>(output_dir, dest,
-...) -> summary path` registered in FORMATS below; `common` writes the per-video files.
+One module per format (`actionformer`, `opentad`, `two_stream`), each a function `export_<format>(output_dir,
+dest, ...) -> summary path` registered in FORMATS below; `common` writes the per-video files.
 
     python -m pipeline.export --format actionformer [--ext .npz|.npy] <output dir> <dest>
     python -m pipeline.export --format opentad <output dir> <dest>
+    python -m pipeline.export --format two_stream --flow <flow run dir> [--ext .npy|.npz] <rgb run dir> <dest>
+
+`two_stream` joins an RGB run and an optical-flow run (data.stream=flow) of the same videos: one (rows,
+rgb dim + flow dim) file per video, RGB first, rows cut to the common count (ActionFormer's THUMOS14 I3D
+layout, 2048-d); see `pipeline.export.two_stream`.
 
 Both trainers read one file per video from one flat folder, named by the video id, holding a (T, C)
 array (rows x feature dim) that they cast to float32 and transpose to (C, T) themselves:
@@ -51,8 +56,13 @@ from pathlib import Path
 from pipeline.export.actionformer import SUMMARY_NAME, actionformer_snippet, export_actionformer
 from pipeline.export.common import FILE_EXTS, WRITTEN_NAME, ExportError, video_id
 from pipeline.export.opentad import MISSING_NAME, OPENTAD_SUMMARY_NAME, export_opentad, opentad_snippet
+from pipeline.export.two_stream import TWO_STREAM_SUMMARY_NAME, export_two_stream
 
-FORMATS: dict[str, Callable[..., Path]] = {"actionformer": export_actionformer, "opentad": export_opentad}
+FORMATS: dict[str, Callable[..., Path]] = {
+    "actionformer": export_actionformer,
+    "opentad": export_opentad,
+    "two_stream": export_two_stream,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,17 +73,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ext",
         choices=FILE_EXTS,
         default=None,
-        help="actionformer only: .npz (EPIC loader, the default) or .npy (THUMOS, Ego4D, ActivityNet loaders)",
+        help="actionformer: .npz (EPIC loader, the default) or .npy (THUMOS, Ego4D, ActivityNet loaders); "
+        "two_stream: .npy (the default) or .npz",
     )
-    parser.add_argument("output_dir", type=Path, help="output dir of an extraction run")
+    parser.add_argument(
+        "--flow",
+        type=Path,
+        default=None,
+        metavar="FLOW_DIR",
+        help="two_stream only (required there): the output dir of the flow run (data.stream=flow)",
+    )
+    parser.add_argument(
+        "output_dir", type=Path, help="output dir of an extraction run (two_stream: the RGB run)"
+    )
     parser.add_argument("dest", type=Path, help="folder to write the exported files into")
     args = parser.parse_args(argv)
     if args.format == "opentad" and args.ext not in (None, ".npy"):
         parser.error("--format opentad writes .npy files (OpenTAD's LoadFeats feat_format npy)")
+    if (args.format == "two_stream") != (args.flow is not None):
+        parser.error("--flow FLOW_DIR goes with --format two_stream (and two_stream needs it)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.format == "opentad":
             summary = export_opentad(args.output_dir, args.dest)
+        elif args.format == "two_stream":
+            summary = export_two_stream(args.output_dir, args.dest, args.ext or ".npy", flow_dir=args.flow)
         else:
             summary = export_actionformer(args.output_dir, args.dest, args.ext or ".npz")
     except ExportError as error:
@@ -92,10 +116,12 @@ __all__ = [
     "MISSING_NAME",
     "OPENTAD_SUMMARY_NAME",
     "SUMMARY_NAME",
+    "TWO_STREAM_SUMMARY_NAME",
     "ExportError",
     "actionformer_snippet",
     "export_actionformer",
     "export_opentad",
+    "export_two_stream",
     "main",
     "opentad_snippet",
     "video_id",

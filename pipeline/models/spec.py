@@ -19,8 +19,8 @@ class ModelSpec:
     feature_dim: int  # dim of the default feature layer
     alpha: int | None = None  # slowfast only: frame-rate ratio fast / slow
     channel_order: str = "rgb"  # "bgr" for the EPIC checkpoint
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    mean: tuple[float, ...] = (0.45, 0.45, 0.45)  # one value per input channel (2 for an optical-flow stream)
+    std: tuple[float, ...] = (0.225, 0.225, 0.225)
     num_classes: int | dict[str, int] = 400  # EPIC: {"verb": 97, "noun": 300}
     zoo_url: str | None = None
     zoo_sha256: str | None = None
@@ -46,6 +46,11 @@ class ModelSpec:
         if self.zoo_manual and not (self.zoo_url and self.zoo_filename):
             raise ValueError(
                 f"model spec {self.name!r}: zoo_manual needs zoo_url (the page) and zoo_filename"
+            )
+        channels = int(self.builder_kwargs.get("in_channels", 3))
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"model spec {self.name!r}: mean and std need one value per input channel ({channels})"
             )
         if self.alpha and self.num_frames % self.alpha:
             raise ValueError(

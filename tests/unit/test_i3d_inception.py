@@ -53,8 +53,8 @@ def test_zoo_specs(name: str) -> None:
     assert spec.zoo_url == ZOO + spec.zoo_filename and not spec.zoo_manual
     assert dict(spec.builder_kwargs) == {"in_channels": 2 if stream == "flow" else 3}
     assert (spec.sampling_rate, spec.crop_size, spec.short_side, spec.feature_dim) == (1, 224, 256, 1024)
-    # x / 255 * 2 - 1, the scaling of pytorch-i3d and of the feature-extraction script
-    assert spec.mean == spec.std == (0.5, 0.5, 0.5)
+    # x / 255 * 2 - 1, the scaling of pytorch-i3d and of the feature-extraction script, per input channel
+    assert spec.mean == spec.std == (0.5,) * (2 if stream == "flow" else 3)
     if charades:
         assert (spec.num_frames, spec.num_classes, spec.head_act, spec.labels) == (64, 157, "sigmoid", None)
     else:

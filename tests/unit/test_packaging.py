@@ -51,6 +51,21 @@ def test_wheel_ships_every_config_and_module(wheel: Path) -> None:
     assert not stray, f"files outside the package: {stray}"
 
 
+def test_wheel_requires_opencv_with_the_contrib_modules_only(wheel: Path) -> None:
+    """TV-L1 flow is a contrib module; the plain wheel installs the same cv2 package, so it must not be
+    required beside it."""
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" not in line
+        ]
+    names = {r.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip().lower() for r in requires}
+    assert "opencv-contrib-python-headless" in names
+    assert not names & {"opencv-python-headless", "opencv-python", "opencv-contrib-python"}
+
+
 def test_installed_wheel_composes_the_slurm_config_from_another_folder(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)]
