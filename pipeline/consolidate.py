@@ -60,7 +60,16 @@ import yaml
 from pipeline import __version__, naming, outputs
 from pipeline.errors import PipelineError
 from pipeline.outputs.manifest import latest_records
-from pipeline.outputs.reader import FailedVideo, ReadError, Scan, StoredVideo, flatten, open_record, scan
+from pipeline.outputs.reader import (
+    RECOMPUTE_HINT,
+    FailedVideo,
+    ReadError,
+    Scan,
+    StoredVideo,
+    flatten,
+    open_record,
+    scan,
+)
 from pipeline.outputs.records import FAILED, OK, ManifestRecord, iter_sidecars
 from pipeline.outputs.store import ArrayRef, record_sha256
 
@@ -193,8 +202,7 @@ def _verify(video: StoredVideo) -> None:
         try:
             if record_sha256(video.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
                 raise ConsolidateError(
-                    f"{video.where}: {video.key}'s record differs from its manifest (sha256); "
-                    "a rerun of the extraction with output.verify=full recomputes it"
+                    f"{video.where}: {video.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
                 )
         except (OSError, ValueError) as error:
             raise ConsolidateError(f"{video.key}: {error}") from error

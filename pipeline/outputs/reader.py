@@ -32,6 +32,7 @@ from pipeline.outputs.store import ArrayRef, read_packed, record_sha256
 log = logging.getLogger(__name__)
 
 FEATURE_DTYPES = ("float32", "float16")
+RECOMPUTE_HINT = "a rerun of the extraction with output.verify=full recomputes it"
 
 
 class ReadError(PipelineError, ValueError):
@@ -79,9 +80,11 @@ class StoredVideo:
         if record is not None and record.packed and record.sha256 is not None:
             try:
                 if record_sha256(self.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
-                    raise ReadError(f"{self.where}: {self.key}'s record differs from its manifest (sha256)")
+                    raise ReadError(
+                        f"{self.where}: {self.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
+                    )
             except (OSError, ValueError) as error:
-                raise ReadError(f"{self.where}: {self.key}: {error}") from error
+                raise ReadError(f"{self.where}: {self.key}: {error}; {RECOMPUTE_HINT}") from error
         try:
             return self.features.load()
         except (OSError, ValueError) as error:
@@ -193,10 +196,11 @@ def packed_video(record: ManifestRecord, output_dir: Path) -> StoredVideo:
     try:
         found = read_packed(part, int(record.offset or 0), record.size)
     except (OSError, ValueError) as error:
-        raise ReadError(f"{record.key}: {error}") from error
+        raise ReadError(f"{record.key}: {error}; {RECOMPUTE_HINT}") from error
     if found.sidecar.key != record.key:
         raise ReadError(
-            f"{part}: the record at byte {record.offset} is {found.sidecar.key!r}, not {record.key!r}"
+            f"{part}: the record at byte {record.offset} is {found.sidecar.key!r}, not {record.key!r} (the "
+            f"manifest disagrees with the part); {RECOMPUTE_HINT}"
         )
     arrays = dict(found.arrays)
     if "features" not in arrays:

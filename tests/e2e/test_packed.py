@@ -3,6 +3,7 @@ stores without recomputing, and faults (a part truncated mid-video, a duplicate)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from pipeline import naming
 from pipeline.api import compose_config
-from pipeline.consolidate import consolidate
+from pipeline.consolidate import ConsolidateError, consolidate
 from pipeline.outputs import latest_records, read_manifest
 from pipeline.outputs.reader import scan
 from pipeline.synth import write_video
@@ -159,3 +160,26 @@ def test_a_video_in_two_shards_parts_counts_once_by_its_newest_record(videos: Pa
     assert sorted(v.key for v in found.videos) == KEYS
     with h5py.File(consolidate([out]), "r") as h5:
         assert sorted(h5.attrs["num_videos"].reshape(-1).tolist()) == [5]
+
+
+def test_a_manifest_that_disagrees_with_its_part_is_named_and_a_full_rerun_recomputes(
+    videos: Path, tmp_path: Path
+) -> None:
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    run_config(cfg(videos, out, "output.store=packed"))
+    manifest = out / naming.manifest_relpath(0, 1)
+    lines = manifest.read_text().splitlines()
+    records = {json.loads(line).get("key"): n for n, line in enumerate(lines)}
+    a, b = json.loads(lines[records["v1"]]), json.loads(lines[records["v2"]])
+    a["offset"] = b["offset"]  # v1's record now points at v2's bytes
+    lines[records["v1"]] = json.dumps(a)
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConsolidateError, match=r"v1.*the manifest.*output.verify=full recomputes it"):
+        consolidate([out])
+    summary = run_config(cfg(videos, out, "output.store=packed", "output.verify=full"))
+    assert (summary.ok, summary.skipped) == (1, 4)
+    run_config(cfg(videos, clean, "output.store=packed"))
+    ours, theirs = arrays_of(out), arrays_of(clean)
+    for key in KEYS:
+        np.testing.assert_allclose(ours[key][0], theirs[key][0], rtol=1e-5, atol=1e-6)
+    consolidate([out])
