@@ -327,7 +327,9 @@ class RecordedView:
         return {key: f"{r.output}@{r.offset}:{r.sha256}" for key, (r, _) in self.records.items()}
 
 
-def recorded_view(output_dirs: Sequence[Path]) -> RecordedView | None:
+def recorded_view(
+    output_dirs: Sequence[Path], known: Mapping[Path, Mapping[str, ManifestRecord]] | None = None
+) -> RecordedView | None:
     """The videos the manifests say are done; None when the manifests alone cannot tell (a sidecar with no
     manifest record, a key in two output dirs, a record without a checksum): then every video is read."""
     records: dict[str, tuple[ManifestRecord, Path]] = {}
@@ -335,7 +337,9 @@ def recorded_view(output_dirs: Sequence[Path]) -> RecordedView | None:
     for output_dir in output_dirs:
         if not any((output_dir / name).is_dir() for name in (naming.FEATURES_DIR, naming.MANIFESTS_DIR)):
             return None  # scan() names the problem
-        latest, _ = latest_records(output_dir)
+        latest = (known or {}).get(output_dir)
+        if latest is None:
+            latest, _ = latest_records(output_dir)
         outputs_of_dir = set()
         for key, record in sorted(latest.items()):
             if record.final_outcome == FAILED:
@@ -491,8 +495,10 @@ def consolidate(
     *,
     layout: str = "copy",
     compression: str | None = None,
+    latest: Mapping[Path, Mapping[str, ManifestRecord]] | None = None,
 ) -> Path:
     """Write all videos of `output_dirs` into one HDF5 file (see the module docstring); returns its path.
+    `latest`: an output dir's newest manifest records when the caller has just read them.
 
     A rerun costs what changed: a file already there that holds what the manifests say is left as it is
     (no video opened); one with the same layout and compression is updated in place, video by video, when
@@ -516,7 +522,7 @@ def consolidate(
     if dest.is_dir():
         raise ConsolidateError(f"{dest}: is a directory (give an .h5 file name)")
     outputs.clean_stale_temps(dest.parent)  # a consolidation killed before left its temp file
-    view = recorded_view(output_dirs)
+    view = recorded_view(output_dirs, latest)
     held = read_index(dest, layout_name, compression_name)
     if view is not None and view.records:
         _check_reserved(view.records)

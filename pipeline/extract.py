@@ -62,7 +62,12 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
             return 0, {"output_dir": str(plan.output_dir), "submitted": True}
         summaries = launched
     complete = cfg.hardware.shard_index is None
-    h5 = run.consolidate_outputs(plan.cfg, plan.output_dir) if cfg.output.hdf5 and complete else None
+    unchanged = plan.latest if not any(s.recorded for s in summaries) else None  # nothing new recorded
+    h5 = (
+        run.consolidate_outputs(plan.cfg, plan.output_dir, unchanged)
+        if cfg.output.hdf5 and complete
+        else None
+    )
     report = run.finish_run(plan.cfg, plan.output_dir, summaries, hydra_dir, h5)
     return (1 if report["totals"]["failed"] else 0), report
 

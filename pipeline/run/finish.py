@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,27 @@ from pipeline import naming
 from pipeline.assemble import resolved_config
 from pipeline.config import Device, ExtractConfig
 from pipeline.consolidate import ConsolidateError, consolidate
-from pipeline.outputs import OutputError, now_iso, save_json
+from pipeline.outputs import ManifestRecord, OutputError, now_iso, save_json
 from pipeline.run.plan import stopping
 from pipeline.run.shard import ShardSummary
 
 log = logging.getLogger(__name__)
 
 
-def consolidate_outputs(cfg: ExtractConfig, output_dir: Path) -> Path | None:
+def consolidate_outputs(
+    cfg: ExtractConfig, output_dir: Path, latest: Mapping[str, ManifestRecord] | None = None
+) -> Path | None:
     """Write features.h5 for the run (output.hdf5=true); a failure is logged (features stay), a full
-    disk stops the run."""
+    disk stops the run. `latest`: the newest manifest records, when the caller knows them (a run that
+    recorded nothing since its plan read them): the manifests are not read again."""
     compression = cfg.output.hdf5_compression.value if cfg.output.hdf5_compression else None
     try:
-        return consolidate([output_dir], layout=cfg.output.hdf5_layout.value, compression=compression)
+        return consolidate(
+            [output_dir],
+            layout=cfg.output.hdf5_layout.value,
+            compression=compression,
+            latest={output_dir: latest} if latest is not None else None,
+        )
     except ConsolidateError as error:
         log.error("consolidation failed: %s", error)
         return None

@@ -113,6 +113,7 @@ class RunPlan:
     weights: WeightsInfo
     num_shards: int
     shards: tuple[ShardPlan, ...]
+    latest: Mapping[str, ManifestRecord]  # the newest records the plan was made from
 
     def shard(self, index: int) -> ShardPlan:
         """The plan of shard `index` (one this invocation runs)."""
@@ -227,7 +228,7 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
                 cfg, output_dir, settings, weights, index, num_shards, mine, decisions, stamp, extents, counts
             )
         )
-    return RunPlan(cfg, output_dir, settings, weights, num_shards, tuple(shards))
+    return RunPlan(cfg, output_dir, settings, weights, num_shards, tuple(shards), latest)
 
 
 def print_plan(plan: RunPlan) -> int:

@@ -16,7 +16,9 @@ import pytest
 
 from pipeline import naming
 from pipeline.api import compose_config
+from pipeline.assemble import as_object
 from pipeline.consolidate import ConsolidateError, consolidate
+from pipeline.extract import extract
 from pipeline.outputs import latest_records, read_manifest
 from pipeline.outputs.reader import scan
 from pipeline.synth import write_video
@@ -183,3 +185,29 @@ def test_a_manifest_that_disagrees_with_its_part_is_named_and_a_full_rerun_recom
     for key in KEYS:
         np.testing.assert_allclose(ours[key][0], theirs[key][0], rtol=1e-5, atol=1e-6)
     consolidate([out])
+
+
+def test_a_rerun_with_nothing_to_do_reads_the_manifests_once(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.consolidate as consolidate_module
+
+    def config():
+        overrides = [
+            "model.checkpoint=random",
+            f"data.root={videos}",
+            f"output_dir={tmp_path / 'out'}",
+            "data.fps=30",
+            "output.store=packed",
+        ]
+        return as_object(compose_config("slowfast_tiny", overrides))
+
+    assert extract(config(), None)[0] == 0
+    reads: list[Path] = []
+    real = consolidate_module.latest_records
+    monkeypatch.setattr(consolidate_module, "latest_records", lambda d: reads.append(d) or real(d))
+    status, report = extract(config(), None)
+    assert status == 0 and report["totals"]["skipped"] == 5
+    assert reads == []  # the plan's records served the consolidation
+    with h5py.File(tmp_path / "out" / "features.h5", "r") as h5:
+        assert sorted(h5.attrs["num_videos"].reshape(-1).tolist()) == [5]
