@@ -61,7 +61,6 @@ from pipeline import __version__, naming, outputs
 from pipeline.errors import PipelineError
 from pipeline.outputs.manifest import latest_records
 from pipeline.outputs.reader import (
-    RECOMPUTE_HINT,
     FailedVideo,
     ReadError,
     Scan,
@@ -71,7 +70,7 @@ from pipeline.outputs.reader import (
     scan,
 )
 from pipeline.outputs.records import FAILED, OK, ManifestRecord, iter_sidecars
-from pipeline.outputs.store import ArrayRef, record_sha256
+from pipeline.outputs.store import ArrayRef
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +193,6 @@ def _write_array(
             dataset[start:stop] = np.frombuffer(data, dtype=dtype).reshape((stop - start, *shape[1:]))
 
 
-def _verify(video: StoredVideo) -> None:
-    """Data read anyway (the copy layout) is checked against its manifest record: a packed record's sha256
-    (a feature file's is checked by resume when it changed)."""
-    record = video.record
-    if record is not None and record.packed:
-        try:
-            if record_sha256(video.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
-                raise ConsolidateError(
-                    f"{video.where}: {video.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
-                )
-        except (OSError, ValueError) as error:
-            raise ConsolidateError(f"{video.key}: {error}") from error
-
-
 def config_digest(config: Mapping[str, Any] | None) -> str:
     """Short name of a resolved run config ("" for none)."""
     if config is None:
@@ -229,8 +214,11 @@ def _write_video(
         ) from error
     if any(child in group for child in ("features", "timestamps", *video.logits)):
         raise ConsolidateError(f"video key {video.key!r} collides with another key's HDF5 objects")
-    if layout == "copy":
-        _verify(video)
+    if layout == "copy":  # data read anyway is checked against its manifest record
+        try:
+            video.verify()
+        except ReadError as error:
+            raise ConsolidateError(str(error)) from error
     _write_array(group, "features", video.features, layout, compression, h5_dir)
     stamps = video.timestamps.reshape(video.shape[0], 3)
     group.create_dataset("timestamps", data=stamps, chunks=_chunks(stamps.shape, 8))

@@ -48,6 +48,23 @@ def ids_of(found: Scan) -> dict[str, str]:
     return ids
 
 
+def scan_flat(output_dir: Path, tool: str) -> Scan:
+    """The videos of an output dir for an export: at least one, each (rows, dim) (ExportError otherwise)."""
+    try:
+        found = scan([Path(output_dir)])
+    except ReadError as error:
+        raise ExportError(str(error)) from error
+    if not found.videos:
+        raise ExportError(f"{output_dir}: no features to export")
+    multi = [v for v in found.videos if len(v.shape) != 2]
+    if multi:
+        raise ExportError(
+            f"{multi[0].where}: features have {multi[0].shape[1]} crops per row; "
+            f"{tool} reads (T, C): extract with data.crop_reduce=mean"
+        )
+    return found
+
+
 def read_written(dest: Path) -> dict[str, Any]:
     """What an earlier export into `dest` wrote: file name -> [identity of its video's output, size]."""
     try:
@@ -109,19 +126,8 @@ def write_videos(output_dir: Path, dest: Path, file_ext: str, tool: str) -> Expo
     """Write one flat (rows, dim) file per video (ids checked first) and measure the row grid."""
     if file_ext not in FILE_EXTS:
         raise ExportError(f"file extension must be one of {FILE_EXTS} (got {file_ext!r})")
-    try:
-        found = scan([Path(output_dir)])
-    except ReadError as error:
-        raise ExportError(str(error)) from error
-    if not found.videos:
-        raise ExportError(f"{output_dir}: no features to export")
+    found = scan_flat(output_dir, tool)
     ids = ids_of(found)
-    three_d = [v for v in found.videos if len(v.shape) != 2]
-    if three_d:
-        raise ExportError(
-            f"{three_d[0].where}: features have {three_d[0].shape[1]} crops per row; "
-            f"{tool} reads (T, C): extract with data.crop_reduce=mean"
-        )
     settings = found.settings or {}
     stride = int(settings["stride"])
     dest = Path(dest)

@@ -30,8 +30,8 @@ import numpy as np
 
 from pipeline import outputs
 from pipeline.export.actionformer import LOADERS, actionformer_snippet
-from pipeline.export.common import FILE_EXTS, ExportError, grid_offset, ids_of, plain
-from pipeline.outputs.reader import ReadError, Scan, StoredVideo, scan
+from pipeline.export.common import FILE_EXTS, ExportError, grid_offset, ids_of, plain, scan_flat
+from pipeline.outputs.reader import ReadError, Scan, StoredVideo
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,6 @@ NOTE = (
     "at the video's second frame (dense_flow writes no image for the first): 16 reproduces its training "
     "setup, the value here places the rows where they are."
 )
-
-
-def _scan(output_dir: Path) -> Scan:
-    try:
-        found = scan([Path(output_dir)])
-    except ReadError as error:
-        raise ExportError(str(error)) from error
-    if not found.videos:
-        raise ExportError(f"{output_dir}: no features to export")
-    multi = [v for v in found.videos if len(v.shape) != 2]
-    if multi:
-        raise ExportError(
-            f"{multi[0].where}: features have {multi[0].shape[1]} crops per row; the join reads (T, C): "
-            "extract with data.crop_reduce=mean"
-        )
-    return found
 
 
 def _stream_of(settings: dict[str, Any]) -> str:
@@ -98,7 +82,7 @@ def export_two_stream(output_dir: Path, dest: Path, file_ext: str = ".npy", *, f
     if file_ext not in FILE_EXTS:
         raise ExportError(f"file extension must be one of {FILE_EXTS} (got {file_ext!r})")
     rgb_dir, flow_dir = Path(output_dir), Path(flow_dir)
-    runs = {"rgb": _scan(rgb_dir), "flow": _scan(flow_dir)}
+    runs = {"rgb": scan_flat(rgb_dir, "the join"), "flow": scan_flat(flow_dir, "the join")}
     check_runs(runs["rgb"], runs["flow"], rgb_dir, flow_dir)
     entries: dict[str, dict[str, StoredVideo]] = {}
     for name, found in runs.items():

@@ -74,17 +74,23 @@ class StoredVideo:
         stat = self.features.path.stat()
         return f"{self.features.path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
-    def load(self) -> np.ndarray:
-        """The features; a packed record is checked against its manifest's sha256 first (ReadError)."""
+    def verify(self) -> None:
+        """A packed record's bytes against its manifest's sha256 (ReadError naming the way out); a feature
+        file's were checked by resume when it changed."""
         record = self.record
-        if record is not None and record.packed and record.sha256 is not None:
-            try:
-                if record_sha256(self.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
-                    raise ReadError(
-                        f"{self.where}: {self.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
-                    )
-            except (OSError, ValueError) as error:
-                raise ReadError(f"{self.where}: {self.key}: {error}; {RECOMPUTE_HINT}") from error
+        if record is None or not record.packed or record.sha256 is None:
+            return
+        try:
+            if record_sha256(self.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
+                raise ReadError(
+                    f"{self.where}: {self.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
+                )
+        except (OSError, ValueError) as error:
+            raise ReadError(f"{self.where}: {self.key}: {error}; {RECOMPUTE_HINT}") from error
+
+    def load(self) -> np.ndarray:
+        """The features, verified first (`verify`); ReadError when they cannot be read as recorded."""
+        self.verify()
         try:
             return self.features.load()
         except (OSError, ValueError) as error:
