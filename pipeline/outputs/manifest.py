@@ -4,8 +4,8 @@ video ends; the newest record per video over all shards is what resume and conso
 Three kinds of line:
 - a video record (`ManifestRecord`: key, path, status, ...), its extraction settings named by digest
   (`settings_digest`; older lines carry the settings inline, and still read);
-- `{"kind": "settings", "digest": ..., "settings": {...}}`: written once per manifest for each set of
-  settings its records name (a million records share one copy);
+- `{"kind": "settings", "digest": ..., "settings": {...}}`: written once per shard run for each set of
+  settings its records name, before the first of them (a million records share one copy);
 - `{"kind": "kept", ...}`: one line per shard run for the videos it kept from before (how many, why),
   instead of a line per kept video: a rerun with nothing to do writes one line, not a million.
 """
@@ -94,14 +94,8 @@ class ManifestWriter:
 
     def __init__(self, manifest: Path) -> None:
         self.manifest = manifest
-        self._written: set[str] = set()
+        self._written: set[str] = set()  # digests whose settings line this writer wrote (once per run)
         self._synced = time.monotonic()
-        if manifest.is_file():  # a rerun appends to its manifest: digests defined there count
-            with open(manifest, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if f'"kind": "{SETTINGS_KIND}"' in line:
-                        with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                            self._written.add(str(json.loads(line).get("digest")))
 
     def append(self, record: ManifestRecord) -> None:
         """Append a video's record (and its settings line first, the first time they appear)."""

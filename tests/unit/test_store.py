@@ -212,7 +212,7 @@ def test_manifest_names_settings_once_and_keeps_one_line_per_kept_run(tmp_path: 
     lines = manifest.read_text().splitlines()
     assert sum('"kind": "settings"' in line for line in lines) == 1
     assert all("num_frames" not in line for line in lines[1:])  # records name the settings by digest
-    writer = ManifestWriter(manifest)  # a rerun: the digest is known, not written again
+    writer = ManifestWriter(manifest)  # a rerun: its own settings line before its first record
     writer.kept(0, 1, "2026-01-01T00:00:00+00:00", {"done": 3})
     writer.append(ManifestRecord(key="d", path="d.mp4", status="failed", settings=SETTINGS, error="x"))
     records, problems = read_manifest(manifest)
@@ -228,7 +228,7 @@ def test_manifest_names_settings_once_and_keeps_one_line_per_kept_run(tmp_path: 
             "reasons": {"done": 3},
         }
     ]
-    assert sum('"kind": "settings"' in line for line in manifest.read_text().splitlines()) == 1
+    assert sum('"kind": "settings"' in line for line in manifest.read_text().splitlines()) == 2
     with open(manifest, "a") as f:
         f.write(json.dumps({"key": "e", "path": "e.mp4", "status": "ok", "settings_digest": "feed"}) + "\n")
     records, problems = read_manifest(manifest)
