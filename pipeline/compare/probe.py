@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.api import FeatureExtractor
-from pipeline.assemble import frame_transform
+from pipeline.assemble import as_object, frame_transform
 from pipeline.compare import align
 from pipeline.compare.measure import DIRECT_RELATED, VideoResult, primary, views
 from pipeline.compare.ours import Ours
@@ -190,7 +190,8 @@ def probe_videos(
             "cannot probe: no compared video's rows are like theirs at the alignment found (other dims, or "
             "another model): the input settings cannot be told apart by cosine"
         )
-    unlike = [r.id for r in results if r not in usable]
+    kept = {r.id for r in usable}
+    unlike = [r.id for r in results if r.id not in kept]
     if unlike:
         notes.append(f"{len(unlike)} compared video(s) not probed, rows unlike theirs (e.g. {unlike[0]})")
     picked = usable[:count]
@@ -429,12 +430,8 @@ def probe(
         root = root_dir if str(root_dir) and root_dir.expanduser().is_dir() else videos[0].source.parent
         cfg = run_config(recorded, root.expanduser())
         _device_fallback(cfg, found.notes)
-        typed = OmegaConf.to_object(cfg)
-        assert isinstance(typed, ExtractConfig)
-        try:
-            weights = weights_info(typed.model)
-        except PipelineError as error:
-            raise ProbeImpossible(f"cannot probe: the run's weights: {error}") from error
+        typed = as_object(cfg)
+        weights = weights_info(typed.model)
         sha = (ours.settings or {}).get("checkpoint_sha256")
         if weights.sha256 and sha not in (None, "null") and weights.sha256 != sha:
             raise ProbeImpossible(
@@ -443,9 +440,9 @@ def probe(
             )
         tried = candidates(typed)
         found.recorded = describe(typed)
-    except ProbeImpossible as error:
-        found.impossible = str(error)
-        found.line = str(error)
+    except PipelineError as error:  # the recorded config or the run's weights: one line
+        found.impossible = str(error) if isinstance(error, ProbeImpossible) else f"cannot probe: {error}"
+        found.line = found.impossible
         return found
     found.videos = [v.id for v in videos]
     print(

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.api import FeatureExtractor, compose_config
 from pipeline.compare.cli import main
 from pipeline.consolidate import consolidate
+from pipeline.models.registry import build_model
 from tests.compare_data import compare
 from tests.helpers import REAL_CLIP, run_config
 
@@ -141,3 +143,31 @@ def test_one_line_when_ours_holds_no_config(ours, videos, tmp_path):
     last = text.rstrip().splitlines()[-1]
     assert last.startswith("cannot probe: --probe re-extracts our videos with the run's recorded config")
     assert last.endswith("(one .npy)")
+
+
+def test_one_line_when_the_checkpoint_changed_since(videos, tmp_path):
+    """The run's checkpoint file now holds other weights: the probe would measure another model."""
+    checkpoint = tmp_path / "tiny.pyth"
+    torch.manual_seed(1)
+    torch.save({"model_state": build_model("slowfast_tiny").state_dict()}, checkpoint)
+    cfg = compose_config(
+        "slowfast_tiny",
+        [
+            f"model.checkpoint={checkpoint}",
+            f"data.root={videos}",
+            f"output_dir={tmp_path / 'run'}",
+            "data.stride=2",
+        ],
+    )
+    run_config(cfg)
+    (npy,) = (tmp_path / "run" / "features").rglob("*.npy")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    np.save(theirs / "clip.npy", np.load(npy) * 1.01)
+    torch.manual_seed(2)
+    torch.save({"model_state": build_model("slowfast_tiny").state_dict()}, checkpoint)
+    status, report = compare(tmp_path / "run", theirs, "--probe", "1")
+    assert status == 0 and report["probe"]["candidates"] == []
+    assert report["probe"]["impossible"].startswith(
+        f"cannot probe: {checkpoint} is not the checkpoint the run used"
+    )
