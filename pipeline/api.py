@@ -28,7 +28,7 @@ from pipeline.config import (
 )
 from pipeline.engine import VideoJob, VideoResult
 from pipeline.inference import check_model_config
-from pipeline.weights import weights_info
+from pipeline.weights import WeightsInfo, weights_info
 
 CONF_PACKAGE = "pipeline.conf"  # the top-level conf/, installed as this package (pyproject: package-dir)
 
@@ -52,11 +52,24 @@ class FeatureExtractor:
         cfg = compose_config(model, overrides)
         for key, value in settings.items():
             OmegaConf.update(cfg, _settings_key(key), value, merge=False)
+        self._setup(cfg)
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig | ExtractConfig, weights: WeightsInfo | None = None
+    ) -> FeatureExtractor:
+        """An extractor for a whole config (e.g. a run's recorded one, `pipeline.compare`'s probe);
+        `weights`: the checkpoint already resolved (its sha256 read once for several extractors)."""
+        extractor = cls.__new__(cls)
+        extractor._setup(cfg, weights)
+        return extractor
+
+    def _setup(self, cfg: DictConfig | ExtractConfig, weights: WeightsInfo | None = None) -> None:
         self.config: ExtractConfig = as_object(cfg)
         validate(self.config)
         setup_torch(self.config.hardware)
         check_model_config(self.config.model, self.config.data)
-        self.weights = weights_info(self.config.model)
+        self.weights = weights if weights is not None else weights_info(self.config.model)
         self.engine = build_engine(self.config, self.weights)
         self.settings = extraction_settings(self.config, self.weights)
 

@@ -1,6 +1,7 @@
 """Sanity report on extracted features: per-video statistics, failures, optional similarity plots.
 
     python -m pipeline.inspect <features.h5 | output dir | file.npy> [--plot out.png [--videos KEY ...]]
+    python -m pipeline.inspect --top5 <output dir | features.h5>
 
 Prints one line per video (rows, dims, dtype, NaN/Inf values, all-zero rows, constant dims = dims
 with zero variance over the rows, min/mean/max L2 norm of the rows), then totals and the failed
@@ -9,6 +10,9 @@ external layout each external entry is checked against its .npy header. Exit sta
 has NaN/Inf values, no rows or only all-zero rows, or a file is broken; 2 for bad arguments.
 `--plot` draws, per video, the cosine self-similarity matrix of the features and their norm over
 time (seconds, from the timestamp centres); it needs matplotlib (`pip install ...[plot]`).
+`--top5` prints instead each video's five most likely classes (mean softmax over its rows) from the logits
+a run keeps with `output.logits=true`, with class names where the model's label map ships: does the
+model see what is in the video? Exit status 1 when the run kept no logits.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import numpy as np
 from pipeline import naming, outputs
 from pipeline.consolidate import open_dataset, read_failed, video_keys
 from pipeline.errors import PipelineError
-from pipeline.outputs.reader import ReadError, scan
+from pipeline.outputs.reader import ReadError, StoredVideo, scan
 
 log = logging.getLogger(__name__)
 
 MAX_PLOT_ROWS = 1500  # longer videos are subsampled evenly for the similarity matrix
+TOP_K = 5
+NO_LOGITS = "extract with output.logits=true to keep them (a model with a classifier head)"
 
 
 class InspectError(PipelineError, ValueError):
@@ -358,6 +364,116 @@ def plot_videos(path: Path, out: Path, keys: Sequence[str] | None = None) -> Pat
     return out
 
 
+# --- top-5 classes -------------------------------------------------------------------------------
+
+Classes = list[list[Any]]  # [[index, name or None, probability], ...], best first (`top_classes`)
+
+
+def _names(model: str | None) -> tuple[str, ...] | None:
+    from pipeline.models.labels import class_names  # imports torch (the registry): only --top5 needs it
+
+    try:
+        return class_names(model) if model else None
+    except KeyError:  # a model this package does not know: indices only
+        return None
+
+
+def _video_top(video: StoredVideo, k: int) -> dict[str, Classes]:
+    """A stored video's top classes per head: its sidecar's `top5` when it has one (written by the run),
+    else computed from its logits the same way."""
+    if video.sidecar.top5 and k <= TOP_K:
+        return {head: [list(c) for c in classes[:k]] for head, classes in video.sidecar.top5.items()}
+    from pipeline.models.labels import top_classes  # imports torch (the registry): only --top5 needs it
+
+    names = _names(video.sidecar.model or video.sidecar.settings.get("model"))
+    found = {}
+    for name, ref in sorted(video.logits.items()):
+        head = naming.head_of_logits_name(name)
+        found[head] = top_classes(ref.load(), names if head == "logits" else None, k)
+    return found
+
+
+def _dir_top(path: Path, k: int, problems: list[str]) -> Iterator[tuple[str, dict[str, Classes]]]:
+    try:
+        found = scan([path], strict=False)
+    except ReadError as error:
+        raise InspectError(str(error)) from error
+    problems.extend(found.problems)
+    for video in sorted(found.videos, key=lambda v: v.key):
+        try:
+            yield video.key, _video_top(video, k)
+        except (OSError, ValueError) as error:
+            problems.append(f"{video.key}: logits unreadable ({error})")
+
+
+def _h5_top(path: Path, k: int) -> Iterator[tuple[str, dict[str, Classes]]]:
+    from pipeline.models.labels import top_classes  # imports torch (the registry): only --top5 needs it
+
+    with h5py.File(path, "r") as h5:
+        model = h5.attrs.get("model")
+        model = model.decode() if isinstance(model, bytes) else model
+        names = _names(None if model in (None, "null") else str(model))
+        for key in video_keys(h5):
+            group = h5[key]
+            heads = sorted(n for n in group if n == "logits" or n.startswith("logits_"))
+            yield (
+                key,
+                {
+                    naming.head_of_logits_name(n): top_classes(
+                        open_dataset(group, n)[()], names if n == "logits" else None, k
+                    )
+                    for n in heads
+                },
+            )
+
+
+def video_top_classes(path: Path, k: int = TOP_K) -> tuple[list[tuple[str, dict[str, Classes]]], list[str]]:
+    """Each video's top-k classes per classifier head (empty dict: no logits kept) of an output dir (either
+    store) or a features.h5, and the problems met; InspectError when the path is neither."""
+    path = Path(path)
+    problems: list[str] = []
+    if path.is_dir():
+        videos = list(_dir_top(path, k, problems))
+    elif path.is_file() and h5py.is_hdf5(path):
+        videos = list(_h5_top(path, k))
+    elif path.exists():
+        raise InspectError(
+            f"{path}: --top5 reads an output dir or a features.h5 (the logits are not in a .npy)"
+        )
+    else:
+        raise InspectError(f"{path}: no such file or directory")
+    return videos, problems
+
+
+def format_top_classes(videos: Sequence[tuple[str, dict[str, Classes]]]) -> str:
+    """One block per video and head: rank, probability, class index, class name (when known)."""
+    lines = []
+    for key, heads in videos:
+        for head, classes in heads.items():
+            lines.append(key if head == "logits" else f"{key} [{head}]")
+            for rank, (index, name, probability) in enumerate(classes, 1):
+                lines.append(f"  {rank}. {probability:.4f}  {index:>4}  {name or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def print_top_classes(path: Path) -> int:
+    """`--top5`: print the top classes; 1 (and one line saying why) when no video kept logits."""
+    videos, problems = video_top_classes(path)
+    with_logits = [(key, heads) for key, heads in videos if heads]
+    if with_logits:
+        print(format_top_classes(with_logits))
+    missing = len(videos) - len(with_logits)
+    if not videos:
+        print(f"{path}: no video to show")
+    elif not with_logits:
+        print(f"{path}: this run kept no logits: {NO_LOGITS}")
+    elif missing:
+        print(f"{missing} of {len(videos)} videos have no logits: {NO_LOGITS}")
+    for problem in problems:
+        print(f"PROBLEM {problem}")
+    return 0 if with_logits and not problems else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: prints the report; 0 when all is well, 1 on bad features, 2 on bad arguments."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__.splitlines()[0])
@@ -372,11 +488,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--videos", nargs="+", default=None, metavar="KEY", help="videos to plot (default: the first one)"
     )
+    parser.add_argument(
+        "--top5", action="store_true", help="print each video's top-5 classes from the logits the run kept"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.videos and not args.plot:
         parser.error("--videos needs --plot")
+    if args.top5 and args.plot:
+        parser.error("--top5 and --plot are separate reports: run them one at a time")
     try:
+        if args.top5:
+            return print_top_classes(args.path)
         report = inspect_path(args.path)
         print(format_report(report))
         if args.plot:

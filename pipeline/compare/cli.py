@@ -1,6 +1,6 @@
 """`python -m pipeline.compare OURS THEIRS`: do my features match the released ones? If not, what differs?
 
-    python -m pipeline.compare OURS THEIRS [--id-prefix v_] [--json] [--plot out.png] [--videos N]
+    python -m pipeline.compare OURS THEIRS [--id-prefix v_] [--json] [--plot out.png] [--videos N] [--probe N]
 
 OURS: an output dir of `pipeline.extract`, its `features.h5`, one `.npy`, or a `pipeline.export` folder.
 THEIRS: released features, a folder or one file (.npy, .npz with `feats`, .pt, .pkl, .h5): see
@@ -9,6 +9,9 @@ THEIRS: released features, a folder or one file (.npy, .npz with `feats`, .pt, .
 the alignment of the two row sequences from the data (offset, stride ratio), measures the match there
 (per-row cosine, relative L2, self-similarity) and says what differs and which setting to change; then
 one verdict over all videos: same / same up to an offset / different grid / different values.
+What the features alone cannot tell (input normalisation, resize, channel order): `--probe N` re-extracts
+the first N compared videos of ours (OURS an output dir or its features.h5, the source videos still
+there) under candidate settings and says which comes closest to theirs (`pipeline.compare.probe`).
 Exit status: 0 when at least one video was compared, 1 when none could be (no id in common, or none
 readable), 2 for bad arguments or unreadable inputs.
 """
@@ -34,6 +37,7 @@ from pipeline.errors import exit_status
 PROG = "python -m pipeline.compare"
 PLOTTED = 3  # videos in --plot: the first, then the worst matches
 MODELS_LISTED = 6
+PROBED_FINDINGS = ("close", "related")  # findings whose causes --probe can tell apart
 
 
 def _models_by_dim() -> dict[int, list[str]]:
@@ -113,10 +117,23 @@ def run(args: argparse.Namespace) -> int:
         problems=problems,
         notes=notes,
     )
+    if not args.json:
+        print(format_text(comparison), flush=True)
+    probed = None
+    if args.probe and results:
+        from pipeline.compare import probe  # imports torch and the extractor: only --probe needs them
+
+        probed = probe.probe(ours, results, release, args.probe)
     if args.json:
-        print(json.dumps(to_json(comparison), indent=1, allow_nan=False))
-    else:
-        print(format_text(comparison))
+        data = to_json(comparison)
+        if probed is not None:
+            data["probe"] = probe.probe_json(probed)
+        print(json.dumps(data, indent=1, allow_nan=False))
+    elif probed is not None:
+        print()
+        print(probe.format_probe(probed))
+    elif results and any(f.key in PROBED_FINDINGS for f, _, _ in summary.findings):
+        print("(input normalisation, resize and channel order: --probe N tries them on N of our videos)")
     if args.plot and results:
         picked = [results[0]] + sorted(results[1:], key=_severity)[: PLOTTED - 1]
         diagnoses = {d.id: d for d in summary.videos}
@@ -151,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--videos", type=_positive, default=None, metavar="N", help="compare the first N matched videos only"
+    )
+    parser.add_argument(
+        "--probe",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="re-extract N of our videos under candidate input settings; say which comes closest to theirs",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

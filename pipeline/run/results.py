@@ -16,8 +16,7 @@ import pipeline
 from pipeline import naming
 from pipeline.assemble import resolved_config
 from pipeline.engine import VideoResult
-from pipeline.models.labels import load_labels
-from pipeline.models.registry import get_spec
+from pipeline.models.labels import class_names, top_classes
 from pipeline.outputs import (
     FAILED,
     OK,
@@ -37,21 +36,6 @@ from pipeline.run.plan import ShardPlan
 from pipeline.videolist import VideoEntry
 
 log = logging.getLogger(__name__)
-
-
-def top_classes(logits: np.ndarray, names: tuple[str, ...] | None, k: int = 5) -> list[list[Any]]:
-    """The video's top-k classes by mean softmax over rows (and crops): [[index, name, probability], ...]."""
-    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
-    flat = np.exp(flat - flat.max(axis=1, keepdims=True))
-    mean = (flat / flat.sum(axis=1, keepdims=True)).mean(axis=0)
-    best = np.argsort(-mean, kind="stable")[:k]
-    return [[int(i), names[i] if names and i < len(names) else None, round(float(mean[i]), 6)] for i in best]
-
-
-def class_names(model_name: str) -> tuple[str, ...] | None:
-    """Class names of a model's classifier, when the package ships them."""
-    labels = get_spec(model_name).labels
-    return load_labels(labels) if labels else None
 
 
 def is_partial(result: VideoResult) -> bool:
