@@ -8,6 +8,7 @@ status 2. Anything else that escapes is a bug of ours: its traceback, status 3.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -40,6 +41,9 @@ def exit_status(main: Callable[[], int], prog: str, log: logging.Logger | None =
     else its traceback and EXIT_BUG. The benchmark, the GPU check and the other tools share this rule."""
     try:
         return main()
+    except BrokenPipeError:  # the reader of our output went away (`... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except EXPECTED_ERRORS as error:
         print(f"{prog}: {describe_error(error)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -82,3 +82,23 @@ def test_the_benchmark_on_a_missing_gpu_ends_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if "hardware.device=cuda" in line]
     assert len(lines) == 1 and "no CUDA GPU" in lines[0]
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pipeline.errors import exit_status\n"
+        "def main():\n"
+        "    for i in range(100000):\n"
+        "        print('line', i)\n"
+        "    return 3\n"
+        "sys.exit(exit_status(main, 'prog'))\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdout is not None
+    writer.stdout.readline()
+    writer.stdout.close()  # as `| head -1` does
+    _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and b"internal error" not in stderr and b"Traceback" not in stderr
