@@ -186,6 +186,8 @@ def bench_all_models(
                 "device": s.device,
                 "precision": s.precision,
                 "arch_options": dict(s.arch_options),
+                # the process's peak so far (before the fp32 comparison's copy): one model per run = its own
+                "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
         if fidelity_video is not None:
@@ -283,6 +285,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the clip hand-over of uint8 and float recipes (decode + resize CPU per frame, clip bytes, "
         "slots, worker memory) and their end-to-end difference",
+    )
+    p.add_argument(
+        "--no-fidelity",
+        action="store_true",
+        help="--all-models with --precision bf16/fp16: leave out the comparison with fp32 on a generated 10 s video "
+        "(19 clips in both precisions per model; long for the largest models)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
@@ -429,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fidelity_video_of(s: Settings, args: argparse.Namespace) -> Path | None:
-    """The video whose clips compare a reduced precision with fp32: 10 s of 640x360 (None for fp32)."""
-    if s.precision == "fp32":
+    """The video whose clips compare a reduced precision with fp32: 10 s of 640x360 (None for fp32 or
+    --no-fidelity)."""
+    if s.precision == "fp32" or args.no_fidelity:
         return None
     return generated_video(args.workdir, (640, 360), args.video_fps, 10.0)
