@@ -8,6 +8,8 @@ which videos run or where results go beyond the output dir's name.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.config import (
     ResizeMode,
     Stream,
     Window,
+    clip_normalisation,
 )
 from pipeline.decode import SourceOpener
 from pipeline.engine import Engine
@@ -152,7 +155,9 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
         resize.update(crop=d.resize.crop)
         if d.resize.crop_rounding is not CropRounding.ceil:  # absent by default: older outputs still match
             resize["crop_rounding"] = d.resize.crop_rounding.value
-    return {
+    # the normalisation the clips get: data.mean / data.std when set, else the model's (as always recorded)
+    mean, std = clip_normalisation(cfg)
+    settings = {
         "model": m.name,
         "feature_layer": m.feature_layer,
         "checkpoint_sha256": weights.sha256,
@@ -169,12 +174,15 @@ def extraction_settings(cfg: ExtractConfig, weights: WeightsInfo) -> dict[str, A
         "crop_reduce": d.crop_reduce.value if d.crops > 1 else None,
         "dtype": cfg.output.dtype.value,
         "channel_order": m.channel_order.value,
-        "mean": list(m.mean),
-        "std": list(m.std),
+        "mean": mean,
+        "std": std,
         "frames_fps": d.frames.fps,
         "precision": cfg.hardware.precision.value,
         **stream_settings(d),  # absent for decoded RGB frames: older outputs still match
     }
+    if m.arch_options:  # absent by default: older outputs still match
+        settings["arch_options"] = dict(sorted(m.arch_options.items()))
+    return settings
 
 
 def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
@@ -193,10 +201,23 @@ def output_dir_of(cfg: ExtractConfig, base: Path | None = None) -> Path:
         "crops": d.crops if d.crops != 1 else None,
         "layer": m.feature_layer,
         "fp16": cfg.output.dtype.value == "float16",
+        "norm": normalisation_name(cfg),
+        "arch": "".join(f"{k}{v}" for k, v in sorted(m.arch_options.items())) or None,
         **precision_name_extra(cfg.hardware.precision.value),
     }
     name = naming.run_dir_name(d.name, m.name, d.num_frames, d.sampling_rate, d.stride, extra)
     return ((base or Path.cwd()) / naming.OUTPUTS_ROOT / name).resolve()
+
+
+def normalisation_name(cfg: ExtractConfig) -> str | None:
+    """The output dir name's token for a normalisation other than the model's: `_norm255` for x/255 only
+    (mean 0, std 1: VideoMAE V2's TAD features), `_norm<digest>` for any other; nothing for the model's."""
+    mean, std = clip_normalisation(cfg)
+    if (mean, std) == (list(cfg.model.mean), list(cfg.model.std)):
+        return None
+    if all(v == 0 for v in mean) and all(v == 1 for v in std):
+        return "255"
+    return hashlib.sha1(json.dumps([mean, std]).encode()).hexdigest()[:8]
 
 
 def precision_name_extra(precision: str) -> dict[str, bool]:
@@ -225,11 +246,12 @@ def build_engine(cfg: ExtractConfig, weights: WeightsInfo) -> Engine:
     check_precision(device, cfg.hardware.precision.value)  # before the model: bf16 on CPU needs native bf16
     model = load_model(cfg.model, weights, need_head=cfg.output.logits, seed=cfg.seed)
     hw, data = cfg.hardware, cfg.data
+    mean, std = clip_normalisation(cfg)  # data.mean / data.std, else the model's
     clip_model = TorchClipModel(
         model,
         device=device,
-        mean=cfg.model.mean,
-        std=cfg.model.std,
+        mean=mean,
+        std=std,
         precision=hw.precision.value,
         channels_last=hw.channels_last,
         logits=cfg.output.logits,

@@ -145,6 +145,9 @@ class ModelConfig:
     feature_layer: str | None = None
     feature_dim: int = MISSING
     zoo_url: str | None = None
+    # architecture options over the registry's (e.g. {depth: 2}: a reduced ViT for tests and benchmarks);
+    # the checkpoint must be of that architecture
+    arch_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,6 +234,11 @@ class DataConfig:
     stream: Stream = Stream.rgb
     stored_frames: StoredFramesConfig = field(default_factory=StoredFramesConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    # the clip's normalisation ((x/255 - mean) / std per channel); null: the model's own (model.mean /
+    # model.std, its training normalisation). A recipe that fed the model otherwise says so here, e.g.
+    # VideoMAE V2's TAD features: x/255 only (mean [0, 0, 0], std [1, 1, 1]).
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -377,6 +385,14 @@ def validate(cfg: DictConfig | ExtractConfig) -> None:
     if d.resize.mode is ResizeMode.fixed and d.resize.crop > min(d.resize.size):
         _fail("data.resize.crop", f"{d.resize.crop} is larger than data.resize.size={list(d.resize.size)}")
     validate_streams(c)
+    for key, values, model_values in (("data.mean", d.mean, m.mean), ("data.std", d.std, m.std)):
+        if values is not None and len(values) != len(model_values):
+            channels = len(model_values)
+            _fail(
+                key, f"must hold {channels} values, one per channel like model.{key[5:]} (got {list(values)})"
+            )
+    if d.std is not None and min(d.std) <= 0:
+        _fail("data.std", f"must be > 0 per channel (got {list(d.std)})")
     if not Path(d.root).expanduser().is_dir():
         _fail("data.root", f"no such directory: {d.root}")
     if h.shard_index is not None and not 0 <= h.shard_index < h.num_shards:
@@ -434,3 +450,11 @@ def video_list_path(data: DataConfig) -> Path:
         if data.video_list
         else Path(data.root).expanduser() / "video_list.csv"
     )
+
+
+def clip_normalisation(cfg: ExtractConfig) -> tuple[list[float], list[float]]:
+    """(mean, std) the clips are normalised with: `data.mean` / `data.std`, each the model's when null."""
+    d, m = cfg.data, cfg.model
+    mean = d.mean if d.mean is not None else m.mean
+    std = d.std if d.std is not None else m.std
+    return [float(v) for v in mean], [float(v) for v in std]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -17,7 +18,7 @@ from pipeline.errors import describe_error
 from pipeline.hardware import DeviceError
 from pipeline.io.flow import CONTRIB_HINT, FLOW_CHANNELS, flow_available
 from pipeline.models import fused
-from pipeline.models.registry import VideoModel, build_model, get_spec, native_input
+from pipeline.models.registry import ModelSpec, VideoModel, build_model, get_spec, native_input
 from pipeline.transforms import normalize_clips
 from pipeline.weights import WeightsInfo, load_checkpoint
 
@@ -28,6 +29,8 @@ FOLD_TOLERANCE = 1e-4  # relative L2 between features with and without folded ba
 # bf16 fused vs bf16 autocast: one rounding less per residual add, measured ~2e-3 on SlowFast R50's probe
 FUSED_BF16_TOLERANCE = 2e-2
 PROBE_SIZE = 64  # spatial size of the probe clip that finds conv -> batch norm pairs
+# ModelSpec fields: set through model.* / data.*, never as architecture options
+SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
 
 
 class BatchMemoryError(DeviceError):
@@ -55,6 +58,12 @@ def check_model_config(model: ModelConfig, data: DataConfig | None = None) -> No
             raise ConfigError(
                 f"{key}: {model.name} takes {channels} input channels, so {channels} values (got {list(values)})"
             )
+    model_fields = sorted(set(model.arch_options) & SPEC_FIELDS)
+    if model_fields:
+        raise ConfigError(
+            f"model.arch_options: {model_fields} are model settings, not architecture options "
+            "(set them as model.* or data.*)"
+        )
     if data is None:
         return
     check_stream(model.name, channels, data)
@@ -100,10 +109,21 @@ def load_model(model: ModelConfig, weights: WeightsInfo, *, need_head: bool, see
     only when the plan says so."""
     check_model_config(model)
     torch.manual_seed(seed)
-    network = build_model(model.name, feature_layer=model.feature_layer)
+    network = build_arch(model)
     if weights.path is not None:
         load_checkpoint(weights.path, network, require_head=need_head)
     return network.eval()
+
+
+def build_arch(model: ModelConfig) -> VideoModel:
+    """The configured model, randomly initialised, with `model.arch_options` over the registry's
+    architecture options; an option the architecture refuses is a ConfigError naming the key."""
+    try:
+        return build_model(model.name, feature_layer=model.feature_layer, **dict(model.arch_options))
+    except (ValueError, TypeError) as error:
+        if not model.arch_options:
+            raise
+        raise ConfigError(f"model.arch_options: {describe_error(error, with_class=False)}") from error
 
 
 def device_or_fail(name: str) -> torch.device:

@@ -47,6 +47,9 @@ if [ "${1:-}" = "test" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps pytorchvideo==0.1.5 iopath
   # Test-only reference: VideoMAE V2's model file imports timm (torchvision is stood in for in the tests).
   "$VENV/bin/python" -m pip install -q --no-deps timm==1.0.31
+  # Test-only reference: decord, the decoder of VideoMAE V2's TAD feature script (what it reads on MP4s
+  # with an edit list, and on AV1, which it cannot open: tests/reference/test_videomae_tad_recipe.py).
+  "$VENV/bin/python" -m pip install -q decord==0.6.0
   torchvision_reference
 else
   "$VENV/bin/python" -m pip install -q -e .

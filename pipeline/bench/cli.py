@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from pipeline.bench.bookkeeping import BookkeepingSettings, bench_bookkeeping, print_bookkeeping
 from pipeline.bench.decode import (
@@ -44,18 +45,20 @@ from pipeline.bench.flow import THUMOS14_FRAMES, bench_flow, print_flow
 from pipeline.bench.layers import layer_profile
 from pipeline.bench.media import generated_video, link_copy
 from pipeline.bench.model import (
+    achieved,
     compare_with_fp32,
     efficiency,
     gflops_per_clip,
+    matmul_peaks,
     measure_model,
     plain_model,
 )
 from pipeline.bench.report import print_report
 from pipeline.bench.settings import Settings
 from pipeline.bench.transport import bench_transport, print_transport
-from pipeline.bench.vs_seed import SEED_DEFAULTS, bench_vs_seed, print_seed_report
+from pipeline.bench.vs_seed import SEED_DEFAULTS, bench_vs_seed, cpu_header, print_seed_report
 from pipeline.decode import SourceOpener
-from pipeline.hardware import usable_cpus
+from pipeline.hardware import cpu_native_bf16, usable_cpus
 from pipeline.models.registry import get_spec, list_models
 from pipeline.transforms import FrameTransform
 
@@ -150,9 +153,12 @@ def bench_main(
 def bench_all_models(
     s: Settings, fidelity_video: Path | None = None, names: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting;
-    with a reduced precision also its speed-up and fidelity against fp32 (`compare_with_fp32`). By
-    default only models of RGB clips (an optical-flow stream needs flow input, not made here)."""
+    """Model-only clips/s (configured fast paths) and GFLOPs per registered model at its own setting, its
+    achieved GFLOP/s against the fp32 and bf16 matmul peaks measured in the same run (before and after the
+    models, the better of each: `matmul_peaks`); with a reduced precision also its speed-up and fidelity
+    against fp32 (`compare_with_fp32`). By default only models of RGB clips (an optical-flow stream needs
+    flow input, not made here)."""
+    peaks = matmul_peaks(s.device)
     rows = []
     for name in names or [n for n in list_models() if get_spec(n).input_channels == 3]:
         spec = get_spec(name)
@@ -181,12 +187,20 @@ def bench_all_models(
                 "clips_per_s": rate,
                 "batch_size": s.batch_size,
                 "device": s.device,
+                "precision": s.precision,
+                "arch_options": dict(s.arch_options),
+                # the process's peak so far (before the fp32 comparison's copy): one model per run = its own
+                "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
         if fidelity_video is not None:
             rows[-1]["vs_fp32"] = compare_with_fp32(fx, fidelity_video, s.batch_size, T, size, s.repeats)
         log.info("%s: %.3f clips/s", name, rate)
         del fx
+    again = matmul_peaks(s.device)
+    peaks = {k: max(v, again.get(k, 0.0)) for k, v in peaks.items()}
+    for row in rows:
+        row.update(matmul_peak_gflop_s=peaks, **achieved(row["gflops_per_clip"], row["clips_per_s"], peaks))
     return rows
 
 
@@ -219,6 +233,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--arch-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model.arch_options for the models measured, e.g. depth=2 (a ViT's blocks are alike: time and "
+        "weights grow linearly with depth)",
+    )
     p.add_argument("--decode-workers", type=int, default=1, help="0: one per usable CPU")
     p.add_argument("--decode-backend", default="process", choices=["process", "thread"])
     p.add_argument("--resize-backend", default="torch", choices=["torch", "ffmpeg"])
@@ -292,6 +314,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=THUMOS14_FRAMES,
         help="with --flow: frames of the data set to cost (default: THUMOS14 val + test, ~2 M)",
     )
+    p.add_argument(
+        "--no-fidelity",
+        action="store_true",
+        help="--all-models with --precision bf16/fp16: leave out the comparison with fp32 on a generated 10 s video "
+        "(19 clips in both precisions per model; long for the largest models)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     args.resolution = tuple(int(v) for v in args.resolution.lower().split("x"))
@@ -322,7 +350,16 @@ def settings_of(args: argparse.Namespace) -> Settings:
         resize_backend=args.resize_backend,
         reuse_memory=args.reuse_memory == "on",
         repeats=args.repeats,
+        arch_options=dict(arch_option(text) for text in args.arch_option),
     )
+
+
+def arch_option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of --arch-option, the value read as YAML (2 -> int, 0.5 -> float, true -> bool)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--arch-option: expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,12 +393,26 @@ def main(argv: list[str] | None = None) -> int:
             print_seed_report(report)
     elif args.all_models:
         report = {"models": bench_all_models(s, fidelity_video_of(s, args), args.models)}
+        report["machine"] = {**cpu_header(), "native_bf16": cpu_native_bf16()}
+        report["peak_rss_mb_process_lifetime"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if not args.json:
+            peaks = report["models"][0]["matmul_peak_gflop_s"] if report["models"] else {}
+            print(
+                f"{report['machine']['cpu']} (native bf16: {report['machine']['native_bf16']}), "
+                f"{torch.get_num_threads()} torch threads; matmul peaks measured in this run: "
+                + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+                + f"; peak RSS {report['peak_rss_mb_process_lifetime']:.0f} MB"
+            )
             for row in report["models"]:
+                options = "".join(f" {k}={v}" for k, v in row["arch_options"].items())
                 line = (
-                    f"{row['model']:22s} {row['num_frames']:3d}x{row['sampling_rate']:<2d} {row['input_size']:4d}px  "
+                    f"{row['model'] + options:22s} {row['num_frames']:3d}x{row['sampling_rate']:<2d} {row['input_size']:4d}px  "
                     f"{row['gflops_per_clip'] or 0:7.1f} GFLOPs  {row['clips_per_s']:7.3f} clips/s"
                 )
+                if "achieved_gflop_s" in row:
+                    line += f"  {row['achieved_gflop_s']:6.0f} GFLOP/s = " + ", ".join(
+                        f"{100 * row[f'share_of_{k}_peak']:.0f}% of {k}" for k in peaks
+                    )
                 if v := row.get("vs_fp32"):
                     line += (
                         f"  fp32 {v['fp32_clips_per_s']:.3f} -> x{v['speedup']:.2f}  min cosine "
@@ -430,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fidelity_video_of(s: Settings, args: argparse.Namespace) -> Path | None:
-    """The video whose clips compare a reduced precision with fp32: 10 s of 640x360 (None for fp32)."""
-    if s.precision == "fp32":
+    """The video whose clips compare a reduced precision with fp32: 10 s of 640x360 (None for fp32 or
+    --no-fidelity)."""
+    if s.precision == "fp32" or args.no_fidelity:
         return None
     return generated_video(args.workdir, (640, 360), args.video_fps, 10.0)

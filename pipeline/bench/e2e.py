@@ -100,6 +100,8 @@ def make_extractor(s: Settings, **extra: Any) -> Any:
         settings["sampling_rate"] = s.sampling_rate
     if s.size:
         settings["data.resize.size"] = [s.size, s.size]
+    if s.arch_options:
+        settings["model.arch_options"] = dict(s.arch_options)
     return FeatureExtractor(s.model, checkpoint="random", **settings)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 
 from pipeline.bench.measure import CpuMeter, median_rate, random_clips, time_call
-from pipeline.inference import TorchClipModel
+from pipeline.hardware import cpu_native_bf16
+from pipeline.inference import TorchClipModel, build_arch
 from pipeline.models.base import VideoModel
 from pipeline.models.fused import unfused
-from pipeline.models.registry import build_model
 
 
 def measure_model(
@@ -53,8 +54,23 @@ def flop_input(model: VideoModel, num_frames: int, size: int) -> torch.Tensor:
     return torch.zeros(1, model.spec.input_channels, num_frames, size, size, device=device)
 
 
+def attention_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle of `aten::scaled_dot_product_attention` (which fvcore leaves uncounted), in fvcore's
+    convention of one flop per multiply-add: its two matrix products, q k^T (B x heads x L x S x E
+    multiply-adds for queries (..., L, E) and keys (..., S, E)) and the weights times v (B x heads x L x S x
+    Ev): 2 x B x heads x L^2 x head_dim for self-attention. The scale, mask and softmax are element-wise
+    and, like every element-wise op, not counted."""
+    q, k, v = (list(x.type().sizes()) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+# ops whose multiply-adds fvcore does not count by itself, and their handles
+EXTRA_FLOP_HANDLES = {"aten::scaled_dot_product_attention": attention_macs}
+
+
 def gflops_per_clip(model: VideoModel, num_frames: int, size: int) -> float | None:
-    """fvcore's count (one multiply-add = one flop) for one clip through forward_features."""
+    """fvcore's count (one multiply-add = one flop) for one clip through forward_features, attention's
+    matrix products included (`attention_macs`)."""
     analysis = flop_analysis(model, num_frames, size)
     return analysis.total() / 1e9 if analysis is not None else None
 
@@ -77,6 +93,7 @@ def flop_analysis(model: VideoModel, num_frames: int, size: int) -> Any:
     with torch.inference_mode(), unfused(model):  # the tracer cannot record oneDNN's fused conv op
         pathways = model.pathways(flop_input(model, num_frames, size))
         analysis = FlopCountAnalysis(Features(model).eval(), tuple(pathways))
+        analysis.set_op_handle(**EXTRA_FLOP_HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         logging.getLogger("fvcore").setLevel(logging.ERROR)
         analysis.total()  # counts now, under inference mode
@@ -111,7 +128,7 @@ def stage_profile(clip_model: Any, batch: int, num_frames: int, size: int, repea
     model = clip_model.model
     analysis = flop_analysis(model, num_frames, size)
     macs = analysis.by_module() if analysis is not None else {}
-    stages = list(model.named_children())
+    stages = top_level_stages(model)
     spent: dict[str, list[float]] = {name: [] for name, _ in stages}
     started: dict[str, float] = {}
     handles = []
@@ -161,6 +178,18 @@ def stage_profile(clip_model: Any, batch: int, num_frames: int, size: int, repea
         }
     )
     return rows
+
+
+def top_level_stages(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The model's children, a list of blocks (a ModuleList, never called itself: a ViT's or MViT's
+    `blocks`) counting as its blocks one by one ("blocks.0", "blocks.1", ...)."""
+    stages: list[tuple[str, torch.nn.Module]] = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            stages += [(f"{name}.{i}", block) for i, block in enumerate(child)]
+        else:
+            stages.append((name, child))
+    return stages
 
 
 def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
@@ -218,7 +247,7 @@ def compare_with_fp32(
 def plain_model(extractor: Any) -> Any:
     """The same architecture as plain fp32 NCDHW (no fast path), on the same device."""
     c = extractor.config
-    model = build_model(c.model.name, feature_layer=c.model.feature_layer)
+    model = build_arch(c.model)
     return TorchClipModel(
         model,
         device=extractor.engine.model.device,
@@ -228,6 +257,24 @@ def plain_model(extractor: Any) -> Any:
         channels_last=False,
         fold_bn=False,
     )
+
+
+def matmul_peaks(device: str = "cpu") -> dict[str, float]:
+    """The fp32 and bf16 matmul peaks (GFLOP/s, 2 flops per multiply-add) measured now: the yardsticks of
+    every model's achieved GFLOP/s. bf16 only where it runs natively (a GPU, or a CPU with AMX or
+    AVX512-BF16: emulated bf16 is no peak of anything)."""
+    peaks = {"fp32": measure_matmul_peak(device=device)}
+    if device != "cpu" or cpu_native_bf16() is not None:
+        peaks["bf16"] = measure_matmul_peak(dtype=torch.bfloat16, device=device)
+    return peaks
+
+
+def achieved(gmacs: float | None, clips_per_s: float, peaks: dict[str, float]) -> dict[str, float]:
+    """Achieved GFLOP/s (2 flops per multiply-add) of a model and its share of each matmul peak."""
+    if not gmacs:
+        return {}
+    rate = 2 * gmacs * clips_per_s
+    return {"achieved_gflop_s": rate, **{f"share_of_{k}_peak": rate / v for k, v in peaks.items()}}
 
 
 def efficiency(

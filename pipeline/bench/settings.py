@@ -3,7 +3,8 @@ reproduce them in a fresh process."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Settings:
     resize_backend: str = "torch"
     reuse_memory: bool = True
     repeats: int = 5
+    arch_options: dict[str, Any] = field(default_factory=dict)  # model.arch_options, e.g. {"depth": 2}
 
 
 def settings_args(s: Settings) -> list[str]:
@@ -64,4 +66,6 @@ def settings_args(s: Settings) -> list[str]:
         flags += ["--channels-last", "on" if s.channels_last else "off"]
     if s.compile:
         flags.append("--compile")
+    for key, value in s.arch_options.items():
+        flags += ["--arch-option", f"{key}={value}"]
     return flags
