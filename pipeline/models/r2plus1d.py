@@ -274,7 +274,10 @@ def release_spec(file: str) -> ModelSpec:
         num_frames=16,
         sampling_rate=1,
         crop_size=112,
-        # TSP resizes every frame to 128 x 171 (H x W, whatever its aspect) before the 112 centre crop.
+        # TSP squashes every frame to 171 x 128 (W x H, whatever its aspect) before the 112 centre crop:
+        # data.resize.mode=fixed, size [171, 128], which data=activitynet_tsp / thumos14_tsp set. A spec has
+        # no fixed-size field: 128 is the height TSP resizes to, what resize.mode=short_side would use (it
+        # keeps the aspect: 227 x 128 for 16:9 frames, not TSP's squash).
         short_side=128,
         feature_dim=512,
         mean=_MEAN,
