@@ -1,10 +1,12 @@
-"""Export an output dir's features for temporal action localisation trainers: ActionFormer, OpenTAD.
+"""Export an output dir's features for temporal action localisation trainers: ActionFormer, OpenTAD, and
+TSP's merged HDF5 file.
 
-One module per format (`actionformer`, `opentad`), each a function `export_<format>(output_dir, dest,
-...) -> summary path` registered in FORMATS below; `common` writes the per-video files.
+One module per format (`actionformer`, `opentad`, `tsp_h5`), each a function `export_<format>(output_dir,
+dest, ...) -> summary path` registered in FORMATS below; `common` writes the per-video files.
 
     python -m pipeline.export --format actionformer [--ext .npz|.npy] <output dir> <dest>
     python -m pipeline.export --format opentad <output dir> <dest>
+    python -m pipeline.export --format tsp_h5 <output dir> <dest>
 
 Both trainers read one file per video from one flat folder, named by the video id, holding a (T, C)
 array (rows x feature dim) that they cast to float32 and transpose to (C, T) themselves:
@@ -33,6 +35,11 @@ Written to <dest>:
                                   frame at the centre of row 0), "fps", "dim", "data_path", "block_list",
                                   "videos", "config_snippet" and "note".
     missing_files.txt             (OpenTAD) ids of the videos that failed, one per line (OpenTAD's block list).
+    tsp_features.hdf5             (tsp_h5) instead of the per-video files: TSP's released layout, one
+                                  (rows, dim) float32 dataset per video at the root named by its file name
+                                  up to the first '.', gzip 9; ActionFormer's ActivityNet loader reads it
+                                  (feat_folder containing '.hdf5'). With tsp_h5_features.json ("videos",
+                                  "empty", "failed", "dataset_config", "config_snippet", "note").
 The command prints the summary's path on stdout and the config snippet for the trainer on stderr.
 Multi-crop features (rows, crops, dim) are refused: extract with data.crop_reduce=mean.
 """
@@ -49,8 +56,13 @@ from pathlib import Path
 from pipeline.export.actionformer import SUMMARY_NAME, actionformer_snippet, export_actionformer
 from pipeline.export.common import FILE_EXTS, ExportError, video_id
 from pipeline.export.opentad import MISSING_NAME, OPENTAD_SUMMARY_NAME, export_opentad, opentad_snippet
+from pipeline.export.tsp_h5 import H5_NAME, TSP_SUMMARY_NAME, export_tsp_h5
 
-FORMATS: dict[str, Callable[..., Path]] = {"actionformer": export_actionformer, "opentad": export_opentad}
+FORMATS: dict[str, Callable[..., Path]] = {
+    "actionformer": export_actionformer,
+    "opentad": export_opentad,
+    "tsp_h5": export_tsp_h5,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,10 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.format == "opentad" and args.ext not in (None, ".npy"):
         parser.error("--format opentad writes .npy files (OpenTAD's LoadFeats feat_format npy)")
+    if args.format == "tsp_h5" and args.ext is not None:
+        parser.error(f"--format tsp_h5 writes one HDF5 file ({H5_NAME})")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.format == "opentad":
             summary = export_opentad(args.output_dir, args.dest)
+        elif args.format == "tsp_h5":
+            summary = export_tsp_h5(args.output_dir, args.dest)
         else:
             summary = export_actionformer(args.output_dir, args.dest, args.ext or ".npz")
     except ExportError as error:
@@ -86,13 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "FILE_EXTS",
     "FORMATS",
+    "H5_NAME",
     "MISSING_NAME",
     "OPENTAD_SUMMARY_NAME",
     "SUMMARY_NAME",
+    "TSP_SUMMARY_NAME",
     "ExportError",
     "actionformer_snippet",
     "export_actionformer",
     "export_opentad",
+    "export_tsp_h5",
     "main",
     "opentad_snippet",
     "video_id",
