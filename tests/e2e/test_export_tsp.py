@@ -68,7 +68,12 @@ def tsp_merge(features_folder: Path, output_h5: Path) -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_file_is_the_one_tsps_merge_script_writes(tmp_path: Path, dtype: str) -> None:
     run = make_output_dir(
-        tmp_path / "run", VIDEOS, dim=12, dtype=dtype, settings={**TSP_SETTINGS, "dtype": dtype}, failed=["v_x"]
+        tmp_path / "run",
+        VIDEOS,
+        dim=12,
+        dtype=dtype,
+        settings={**TSP_SETTINGS, "dtype": dtype},
+        failed=["v_x"],
     )
     summary_path = export_tsp_h5(run, tmp_path / "tsp")
     assert summary_path == tmp_path / "tsp" / TSP_SUMMARY_NAME
