@@ -2,7 +2,7 @@
 
     python -m pipeline.benchmark                         # SlowFast R50, EPIC setting, generated 1080p30 video
     python -m pipeline.benchmark --video my.mp4 --json   # a user's file, machine-readable
-    python -m pipeline.benchmark --all-models            # clips/s and GFLOPs of every registered model
+    python -m pipeline.benchmark --all-models            # clips/s, GFLOPs, GFLOP/s vs the matmul peak
     python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
     python -m pipeline.benchmark --minutes 60 --stride 120 --resolution 320x240   # RSS vs video length
     python -m pipeline.benchmark --vs-seed               # whole-process time vs the old extractor's algorithm
@@ -44,6 +44,7 @@ from pipeline.bench.model import (
     compare_with_fp32,
     efficiency,
     gflops_per_clip,
+    measure_matmul_peak,
     measure_model,
     plain_model,
 )
@@ -327,13 +328,29 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print_seed_report(report)
     elif args.all_models:
+        before = matmul_peaks(s)
         report = {"models": bench_all_models(s, fidelity_video_of(s, args), args.models)}
+        peaks = {k: max(v, matmul_peaks(s)[k]) for k, v in before.items()}  # the better of both ends
+        report["matmul_peak_gflop_s"] = peaks
+        peak = peaks.get(s.precision, peaks["fp32"])
+        for row in report["models"]:
+            if row["gflops_per_clip"]:  # 2 flops per multiply-add, against the run's own precision's peak
+                row["gflop_s"] = 2 * row["gflops_per_clip"] * row["clips_per_s"]
+                row["efficiency_vs_peak"] = row["gflop_s"] / peak
         if not args.json:
+            print(
+                "matmul peak measured in this run: "
+                + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+            )
             for row in report["models"]:
                 line = (
                     f"{row['model']:22s} {row['num_frames']:3d}x{row['sampling_rate']:<2d} {row['input_size']:4d}px  "
                     f"{row['gflops_per_clip'] or 0:7.1f} GFLOPs  {row['clips_per_s']:7.3f} clips/s"
                 )
+                if "gflop_s" in row:
+                    line += (
+                        f"  {row['gflop_s']:6.1f} GFLOP/s = {100 * row['efficiency_vs_peak']:.0f}% of peak"
+                    )
                 if v := row.get("vs_fp32"):
                     line += (
                         f"  fp32 {v['fp32_clips_per_s']:.3f} -> x{v['speedup']:.2f}  min cosine "
@@ -383,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def matmul_peaks(s: Settings) -> dict[str, float]:
+    """The fp32 matmul peak (GFLOP/s) of this device, and the run's reduced precision's beside it."""
+    peaks = {"fp32": measure_matmul_peak(device=s.device)}
+    if s.precision != "fp32":
+        dtype = torch.bfloat16 if s.precision == "bf16" else torch.float16
+        peaks[s.precision] = measure_matmul_peak(dtype=dtype, device=s.device)
+    return peaks
 
 
 def fidelity_video_of(s: Settings, args: argparse.Namespace) -> Path | None:
