@@ -2,7 +2,7 @@
 
     python -m pipeline.benchmark                         # SlowFast R50, EPIC setting, generated 1080p30 video
     python -m pipeline.benchmark --video my.mp4 --json   # a user's file, machine-readable
-    python -m pipeline.benchmark --all-models            # clips/s and GFLOPs of every registered model
+    python -m pipeline.benchmark --all-models            # clips/s, GFLOPs, GFLOP/s vs the matmul peak
     python -m pipeline.benchmark --many-short 200        # 200 videos of 2 s at 320x240
     python -m pipeline.benchmark --minutes 60 --stride 120 --resolution 320x240   # RSS vs video length
     python -m pipeline.benchmark --vs-seed               # whole-process time vs the old extractor's algorithm

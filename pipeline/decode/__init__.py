@@ -37,6 +37,7 @@ from pipeline.decode.worker import (
     DecodeTimeout,
     DecodeWorker,
     DecodeWorkerError,
+    NoClipError,
     SourceOpener,
     WorkerLink,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "FreeSlot",
     "LendSlots",
     "NeedSlots",
+    "NoClipError",
     "PoolFailed",
     "PoolItem",
     "ProcessDecodePool",

@@ -41,7 +41,7 @@ from pipeline.decode.slots import (
     slot_view,
     stack_clip,
 )
-from pipeline.errors import describe_error
+from pipeline.errors import PipelineError, describe_error
 from pipeline.io import (
     DEFAULT_FRAMES_FPS,
     DEFAULT_FRAMES_PATTERN,
@@ -97,6 +97,18 @@ class DecodeSpec:
     transform: Callable[[np.ndarray], np.ndarray]
     window: WindowSpec
     fps: float | None
+
+
+class NoClipError(PipelineError):
+    """A video whose frames hold no whole clip under pad "drop": nothing to extract, so a failed record
+    (TSP's extraction raises on such a video; a row-less file would break the trainers that read it)."""
+
+    def __init__(self, path: object, frames: int, window: WindowSpec, fps: float | None) -> None:
+        rate = f" at {fps:g} fps" if fps else ""
+        super().__init__(
+            f"{path}: {frames} frames{rate} hold no whole clip of {window.span} frames (data.pad=drop keeps "
+            "only the clips that need no padding): no row; data.pad=zero, edge or shift gives it one"
+        )
 
 
 class DecodeWorkerError(RuntimeError):
@@ -216,6 +228,8 @@ class DecodeWorker:
             for clip in stream.finish():
                 self._send_clip(number, clip)
                 rows += 1
+            if rows == 0:  # only pad "drop" leaves a video without a row
+                raise NoClipError(job.path, frames, spec.window, spec.fps)
             info = source.info
         return VideoDecoded(number, rows, frames, frame_duration, info, time.perf_counter() - started)
 

@@ -1,11 +1,14 @@
-"""Export an output dir's features for temporal action localisation trainers: ActionFormer, OpenTAD.
+"""Export an output dir's features for temporal action localisation trainers: ActionFormer, OpenTAD, and
+TSP's merged HDF5 file.
 
-One module per format (`actionformer`, `opentad`, `two_stream`), each a function `export_<format>(output_dir,
-dest, ...) -> summary path` registered in FORMATS below; `common` writes the per-video files.
+One module per format (`actionformer`, `opentad`, `two_stream`, `tsp_h5`), each a function
+`export_<format>(output_dir, dest, ...) -> summary path` registered in FORMATS
+below; `common` writes the per-video files.
 
     python -m pipeline.export --format actionformer [--ext .npz|.npy] <output dir> <dest>
     python -m pipeline.export --format opentad <output dir> <dest>
     python -m pipeline.export --format two_stream --flow <flow run dir> [--ext .npy|.npz] <rgb run dir> <dest>
+    python -m pipeline.export --format tsp_h5 <output dir> <dest>
 
 `two_stream` joins an RGB run and an optical-flow run (data.stream=flow) of the same videos: one (rows,
 rgb dim + flow dim) file per video, RGB first, rows cut to the common count (ActionFormer's THUMOS14 I3D
@@ -40,6 +43,11 @@ Written to <dest>:
     missing_files.txt             (OpenTAD) ids of the videos that failed, one per line (OpenTAD's block list).
     .exported.json                what each file was written from: a rerun rewrites only the files whose
                                   video changed (a million-video export costs what changed).
+    tsp_features.hdf5             (tsp_h5) instead of the per-video files: TSP's released layout, one
+                                  (rows, dim) float32 dataset per video at the root named by its file name
+                                  up to the first '.', gzip 9; ActionFormer's ActivityNet loader reads it
+                                  (feat_folder containing '.hdf5'). With tsp_h5_features.json ("videos",
+                                  "empty", "failed", "dataset_config", "config_snippet", "note").
 The command prints the summary's path on stdout and the config snippet for the trainer on stderr.
 Multi-crop features (rows, crops, dim) are refused: extract with data.crop_reduce=mean.
 """
@@ -56,12 +64,14 @@ from pathlib import Path
 from pipeline.export.actionformer import SUMMARY_NAME, actionformer_snippet, export_actionformer
 from pipeline.export.common import FILE_EXTS, WRITTEN_NAME, ExportError, video_id
 from pipeline.export.opentad import MISSING_NAME, OPENTAD_SUMMARY_NAME, export_opentad, opentad_snippet
+from pipeline.export.tsp_h5 import H5_NAME, TSP_SUMMARY_NAME, export_tsp_h5
 from pipeline.export.two_stream import TWO_STREAM_SUMMARY_NAME, export_two_stream
 
 FORMATS: dict[str, Callable[..., Path]] = {
     "actionformer": export_actionformer,
     "opentad": export_opentad,
     "two_stream": export_two_stream,
+    "tsp_h5": export_tsp_h5,
 }
 
 
@@ -92,12 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--format opentad writes .npy files (OpenTAD's LoadFeats feat_format npy)")
     if (args.format == "two_stream") != (args.flow is not None):
         parser.error("--flow FLOW_DIR goes with --format two_stream (and two_stream needs it)")
+    if args.format == "tsp_h5" and args.ext is not None:
+        parser.error(f"--format tsp_h5 writes one HDF5 file ({H5_NAME})")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.format == "opentad":
             summary = export_opentad(args.output_dir, args.dest)
         elif args.format == "two_stream":
             summary = export_two_stream(args.output_dir, args.dest, args.ext or ".npy", flow_dir=args.flow)
+        elif args.format == "tsp_h5":
+            summary = export_tsp_h5(args.output_dir, args.dest)
         else:
             summary = export_actionformer(args.output_dir, args.dest, args.ext or ".npz")
     except ExportError as error:
@@ -113,15 +127,18 @@ __all__ = [
     "WRITTEN_NAME",
     "FILE_EXTS",
     "FORMATS",
+    "H5_NAME",
     "MISSING_NAME",
     "OPENTAD_SUMMARY_NAME",
     "SUMMARY_NAME",
     "TWO_STREAM_SUMMARY_NAME",
+    "TSP_SUMMARY_NAME",
     "ExportError",
     "actionformer_snippet",
     "export_actionformer",
     "export_opentad",
     "export_two_stream",
+    "export_tsp_h5",
     "main",
     "opentad_snippet",
     "video_id",

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import outputs
 from pipeline.errors import PipelineError
-from pipeline.outputs.reader import ReadError, Scan, scan
+from pipeline.outputs.reader import ReadError, Scan, StoredVideo, scan
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,18 @@ def grid_offset(widths: dict[float, Counter[float]], settings: dict[str, Any]) -
     return span, offsets.most_common(1)[0][0]
 
 
+def count_row_grid(widths: dict[float, Counter[float]], entry: StoredVideo, stride: int) -> float:
+    """Count a video's rows into `widths` (window width -> centre offset of the row grid -> rows), both in
+    frames at the extracted rate; returns that rate."""
+    fps = float(entry.sidecar.fps or 0.0)
+    stamps = entry.timestamps
+    row_widths = np.round((stamps[:, 1] - stamps[:, 0]) * fps, 3)
+    row_offsets = np.round(stamps[:, 2] * fps - np.arange(len(stamps)) * stride, 3)
+    for w, o in zip(row_widths.tolist(), row_offsets.tolist(), strict=True):
+        widths[w][o] += 1
+    return fps
+
+
 def plain(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
@@ -155,12 +167,7 @@ def write_videos(output_dir: Path, dest: Path, file_ext: str, tool: str) -> Expo
                 outputs.save_array(target, feats, durable=False)
             written[target.name] = [entry.identity, target.stat().st_size]
             rewritten += 1
-        fps = float(entry.sidecar.fps or 0.0)
-        stamps = entry.timestamps
-        row_widths = np.round((stamps[:, 1] - stamps[:, 0]) * fps, 3)
-        row_offsets = np.round(stamps[:, 2] * fps - np.arange(len(stamps)) * stride, 3)
-        for w, o in zip(row_widths.tolist(), row_offsets.tolist(), strict=True):
-            widths[w][o] += 1
+        fps = count_row_grid(widths, entry, stride)
         videos[vid] = {
             "key": entry.key,
             "rows": entry.shape[0],

@@ -32,7 +32,9 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from pipeline.models import fused as fused_ops
 from pipeline.models.base import ClassifierHead, VideoModel, init_weights
+from pipeline.models.fused import FusableBlock
 from pipeline.models.registry import register_arch, register_model
 from pipeline.models.spec import ModelSpec
 
@@ -96,9 +98,31 @@ class Conv2Plus1D(nn.Sequential):
         )
 
 
-class BasicBlock(nn.Module):
+class Stem(nn.Sequential, FusableBlock):
+    """The stem, torchvision's Sequential (R(2+1)D: 1x7x7 conv, BN, ReLU, 3x1x1 conv, BN, ReLU; R3D: 3x7x7
+    conv, BN, ReLU); once its norms are folded, each conv runs fused with its ReLU."""
+
+    def norms(self) -> list[nn.Module]:
+        return [self[i] for i in range(1, len(self), 3)]
+
+    def fused_convs(self) -> list[nn.Module]:
+        return [self[i] for i in range(0, len(self), 3)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.fused:
+            return super().forward(x)
+        for conv in self.fused_convs():
+            assert isinstance(conv, nn.Conv3d)
+            x = fused_ops.conv_relu(conv, x)
+        return x
+
+
+class BasicBlock(FusableBlock):
     """relu(conv2(conv1(x)) + shortcut(x)): `conv1` = (conv, BN, ReLU), `conv2` = (conv, BN), `downsample`
-    = (1x1x1 conv with the block's stride in T, H and W, BN) where the shape changes."""
+    = (1x1x1 conv with the block's stride in T, H and W, BN) where the shape changes.
+
+    Fused (norms folded): every conv of conv1 and conv2 runs with the ReLU after it in one oneDNN call, the
+    last one with the residual add as well; the downsample runs plain."""
 
     def __init__(
         self,
@@ -126,8 +150,33 @@ class BasicBlock(nn.Module):
             )
         self.relu = nn.ReLU(inplace=True)
 
+    def _steps(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(conv, the norm after it) of conv1 and conv2 in order; a Conv2Plus1D gives two."""
+        steps = []
+        for seq in (self.conv1, self.conv2):
+            first, norm = seq[0], seq[1]
+            if isinstance(first, Conv2Plus1D):
+                steps += [(first[0], first[1]), (first[3], norm)]
+            else:
+                steps.append((first, norm))
+        return steps
+
+    def norms(self) -> list[nn.Module]:
+        return [norm for _, norm in self._steps()]
+
+    def fused_convs(self) -> list[nn.Module]:
+        return [conv for conv, _ in self._steps()]
+
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.fused:  # relu after every conv, the last one's with the residual added first
+            *convs, last = self.fused_convs()
+            y = x
+            for conv in convs:
+                assert isinstance(conv, nn.Conv3d)
+                y = fused_ops.conv_relu(conv, y)
+            assert isinstance(last, nn.Conv3d)
+            return fused_ops.conv_add_relu(last, y, shortcut)
         return self.relu(self.conv2(self.conv1(x)) + shortcut)
 
 
@@ -165,7 +214,7 @@ class VideoResNet(VideoModel):
         factorised = spec.arch == "r2plus1d"
         w = cfg.width
         if factorised:
-            self.stem = nn.Sequential(
+            self.stem = Stem(
                 nn.Conv3d(3, cfg.stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
                 norm(cfg.stem_mid),
                 nn.ReLU(inplace=True),
@@ -174,7 +223,7 @@ class VideoResNet(VideoModel):
                 nn.ReLU(inplace=True),
             )
         else:
-            self.stem = nn.Sequential(
+            self.stem = Stem(
                 nn.Conv3d(3, w, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
                 norm(w),
                 nn.ReLU(inplace=True),
@@ -274,7 +323,10 @@ def release_spec(file: str) -> ModelSpec:
         num_frames=16,
         sampling_rate=1,
         crop_size=112,
-        # TSP resizes every frame to 128 x 171 (H x W, whatever its aspect) before the 112 centre crop.
+        # TSP squashes every frame to 171 x 128 (W x H, whatever its aspect) before the 112 centre crop:
+        # data.resize.mode=fixed, size [171, 128], which data=activitynet_tsp / thumos14_tsp set. A spec has
+        # no fixed-size field: 128 is the height TSP resizes to, what resize.mode=short_side would use (it
+        # keeps the aspect: 227 x 128 for 16:9 frames, not TSP's squash).
         short_side=128,
         feature_dim=512,
         mean=_MEAN,

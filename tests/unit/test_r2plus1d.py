@@ -332,6 +332,42 @@ def test_batch_norms_fold() -> None:
     assert count == 2 + 4 * 4 + 3 and folded is not model
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides", "convs"),
+    [
+        ("r2plus1d_tiny", {}, 2 + 4 * 4),  # stem 2, per block 2 (2+1)D convs of 2 parts each
+        ("r3d_18_tac_kinetics", {"blocks": (1, 1, 1, 1), "width": 4}, 1 + 4 * 2),
+    ],
+)
+def test_folded_blocks_run_fused_with_the_unfused_features(
+    name: str, overrides: dict, convs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU the folded stem and blocks run every conv with its ReLU (and the residual add) in one
+    oneDNN call, the projection shortcuts plain; features as the plain model's, parameter names unchanged."""
+    from pipeline.inference import TorchClipModel
+    from pipeline.models import fused
+
+    if not fused.available():
+        pytest.skip("this PyTorch build has no oneDNN fused conv op")
+    model = randomized(name, seed=7, **overrides).eval()
+    keys = list(model.state_dict())
+    options = {"device": torch.device("cpu"), "mean": [0.4] * 3, "std": [0.2] * 3}
+    fast = TorchClipModel(model, **options)
+    plain = TorchClipModel(model, **options, fold_bn=False, channels_last=False)
+    assert fast.fused_blocks == 1 + 4 and plain.fused_blocks == 0  # the stem and one block per layer
+    assert list(model.state_dict()) == keys
+    calls: list[str] = []
+    monkeypatch.setattr(fused, "conv_relu", lambda c, x, f=fused.conv_relu: calls.append("relu") or f(c, x))
+    add = fused.conv_add_relu
+    monkeypatch.setattr(fused, "conv_add_relu", lambda c, x, r: calls.append("add") or add(c, x, r))
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (2, 8, 48, 48, 3), dtype=np.uint8)
+    valid = np.ones((2, 8), dtype=bool)
+    got, want = fast(clips, valid)[0], plain(clips, valid)[0]
+    assert len(calls) == convs and calls.count("add") == 4
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+
+
 # --------------------------------------------------------------------------- registry facts
 
 RELEASED = {
