@@ -98,20 +98,7 @@ def stored_frames(data: DataConfig) -> StoredFrames:
 
 def flow_settings(data: DataConfig) -> FlowSettings:
     """The flow stream's algorithm and parameters (`data.flow`)."""
-    t = data.flow.tvl1
-    params = TVL1Params(
-        tau=t.tau,
-        lambda_=t.lambda_,
-        theta=t.theta,
-        nscales=t.nscales,
-        warps=t.warps,
-        epsilon=t.epsilon,
-        inner_iterations=t.inner_iterations,
-        outer_iterations=t.outer_iterations,
-        scale_step=t.scale_step,
-        gamma=t.gamma,
-        median_filtering=t.median_filtering,
-    )
+    params = TVL1Params(**dataclasses.asdict(data.flow.tvl1))  # the same fields, one per solver argument
     return FlowSettings(algorithm=data.flow.algorithm.value, bound=float(data.flow.bound), tvl1=params)
 
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from pipeline.assemble import as_object, build_engine, extraction_settings, frame_transform
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, TVL1Config
 from pipeline.decode import SourceOpener
 from pipeline.engine import Engine, VideoJob
 from pipeline.inference import TorchClipModel
@@ -402,3 +402,9 @@ def test_the_cli_refuses_a_flow_model_on_rgb_frames_in_one_line_before_any_video
     assert "ConfigError: data.stream: i3d_inception_flow_tiny is an optical-flow model" in error
     assert "Traceback" not in text
     assert not out.exists()  # nothing planned, nothing decoded
+
+
+def test_the_config_schema_holds_the_solver_defaults() -> None:
+    """data.flow.tvl1 (config.TVL1Config) and the solver's parameters (io.flow.TVL1Params) have the same
+    fields and defaults: a default changed in one place only would make presets differ from the library."""
+    assert dataclasses.asdict(TVL1Config()) == dataclasses.asdict(TVL1Params())
