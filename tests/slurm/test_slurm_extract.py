@@ -16,6 +16,7 @@ import pytest
 
 from pipeline import synth
 from pipeline.outputs import read_manifest
+from pipeline.outputs.manifest import KEPT_KIND
 from tests.helpers import run_extract
 from tests.slurm.slurm_helpers import sacct_state, wait_for, wait_for_sacct
 
@@ -140,12 +141,18 @@ def test_usr2_preempted_shard_requeues_and_resumes_from_its_manifest(
             cli.kill()
     log = (tmp_path / "cli.log").read_text()
     assert status == 0, log[-3000:]
-    records = _manifest_lines(out / "manifests" / "shard-0-of-1.jsonl")
+    records = _manifest_lines(manifest)
     ok = [r["key"] for r in records if r["status"] == "ok"]
-    skipped = [r["key"] for r in records if r["status"] == "skipped"]
     assert sorted(ok) == [f"v{i}" for i in range(8)], "every video extracted exactly once"
-    assert skipped and set(skipped) < set(ok), "the requeued run skipped what was already done"
-    assert f"summary: {8 - len(skipped)} ok, 0 failed, {len(skipped)} skipped" in log
+    # the requeued run kept what the first one finished: one `kept` line (not a line per video), its count
+    # the ok records written before it
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    kept = [i for i, line in enumerate(lines) if line.get("kind") == KEPT_KIND]
+    assert len(kept) == 1, lines
+    skipped = lines[kept[0]]["count"]
+    done_before = sum(1 for line in lines[: kept[0]] if line.get("status") == "ok")
+    assert 0 < skipped == done_before < 8, (skipped, done_before)
+    assert f"summary: {8 - skipped} ok, 0 failed, {skipped} skipped" in log
     job_out = (out / "slurm_logs" / f"{job}_0_log.out").read_text()
     assert "this job is preempted" in job_out and job_out.count("Starting with JobEnvironment") == 2
     assert len(_features(out)) == 8 and (out / "features.h5").is_file()
