@@ -62,9 +62,8 @@ def extract(cfg: ExtractConfig, hydra_dir: Path | None) -> tuple[int, dict]:
             return 0, {"output_dir": str(plan.output_dir), "submitted": True}
         summaries = launched
     complete = cfg.hardware.shard_index is None
-    unchanged = plan.latest if not any(s.recorded for s in summaries) else None  # nothing new recorded
     h5 = (
-        run.consolidate_outputs(plan.cfg, plan.output_dir, unchanged)
+        run.consolidate_outputs(plan.cfg, plan.output_dir, plan.records_now())
         if cfg.output.hdf5 and complete
         else None
     )

@@ -134,15 +134,19 @@ class ManifestWriter:
             )
 
 
-def iter_manifest(manifest: Path) -> Iterator[dict[str, Any] | ManifestProblem]:
+def iter_manifest(manifest: Path, start: int = 0) -> Iterator[dict[str, Any] | ManifestProblem]:
     """Each usable video record of one manifest as its JSON object (settings resolved, shared between
     records that name the same digest), in order, or the problem of a line that is none (with its
     number). `settings` and `kept` lines are not records. One line at a time: a million-line manifest
-    never sits in memory as JSON objects."""
+    never sits in memory as JSON objects. `start`: a byte offset at a line's start (the size the manifest
+    had when it was read before); each writer names its settings after it starts, so what it appended
+    since then resolves alone (line numbers then count from there)."""
     settings: dict[str, dict[str, Any]] = {}
     if not manifest.exists():
         return
     with open(manifest, encoding="utf-8", errors="replace") as f:
+        if start:
+            f.seek(start)
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -198,6 +202,42 @@ def manifest_files(output_dir: Path) -> list[Path]:
     return sorted(output_dir.glob(naming.MANIFEST_GLOB))
 
 
+def newest(latest: dict[str, ManifestRecord], record: ManifestRecord) -> None:
+    """Keep `record` in `latest` unless a newer record of its video is there."""
+    previous = latest.get(record.key)
+    if previous is None or str(record.time) >= str(previous.time):
+        latest[record.key] = record
+
+
+def appended_records(
+    output_dir: Path, sizes: Mapping[str, int]
+) -> tuple[list[ManifestRecord], list[ManifestProblem]] | None:
+    """The records appended to an output dir's manifests since they had `sizes` (manifest name -> bytes;
+    a manifest not named is read whole), and the problems of those lines; None when a manifest shrank or
+    vanished since (it was rewritten: read them all again)."""
+    records: list[ManifestRecord] = []
+    problems: list[ManifestProblem] = []
+    present = {path.name: path for path in manifest_files(output_dir)}
+    if set(sizes) - set(present):
+        return None
+    for name, path in present.items():
+        start = sizes.get(name, 0)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size < start:
+            return None
+        if size == start:
+            continue
+        for item in iter_manifest(path, start):
+            if isinstance(item, ManifestProblem):
+                problems.append(item)
+            else:
+                records.append(ManifestRecord.from_json(item))
+    return records, problems
+
+
 def latest_records(output_dir: Path) -> tuple[dict[str, ManifestRecord], list[ManifestProblem]]:
     """The newest record per video key over all shard manifests (a rerun may use other shards)."""
     latest: dict[str, ManifestRecord] = {}
@@ -207,8 +247,5 @@ def latest_records(output_dir: Path) -> tuple[dict[str, ManifestRecord], list[Ma
             if isinstance(item, ManifestProblem):
                 problems.append(item)
                 continue
-            record = ManifestRecord.from_json(item)
-            previous = latest.get(record.key)
-            if previous is None or str(record.time) >= str(previous.time):
-                latest[record.key] = record
+            newest(latest, ManifestRecord.from_json(item))
     return latest, problems

@@ -31,8 +31,8 @@ def consolidate_outputs(
     cfg: ExtractConfig, output_dir: Path, latest: Mapping[str, ManifestRecord] | None = None
 ) -> Path | None:
     """Write features.h5 for the run (output.hdf5=true); a failure is logged (features stay), a full
-    disk stops the run. `latest`: the newest manifest records, when the caller knows them (a run that
-    recorded nothing since its plan read them): the manifests are not read again."""
+    disk stops the run. `latest`: the newest manifest records, when the caller knows them
+    (`RunPlan.records_now`): the manifests are not read again."""
     compression = cfg.output.hdf5_compression.value if cfg.output.hdf5_compression else None
     try:
         return consolidate(

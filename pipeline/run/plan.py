@@ -22,12 +22,15 @@ from pipeline.errors import PipelineError
 from pipeline.inference import check_model_config
 from pipeline.launch import shard_count
 from pipeline.outputs import (
+    ManifestProblem,
     ManifestRecord,
     OutputError,
     ResumeDecision,
+    appended_records,
     decide_resume,
     latest_records,
     manifest_files,
+    newest,
     part_counts,
     part_extents,
     unchanged_parts,
@@ -114,6 +117,23 @@ class RunPlan:
     num_shards: int
     shards: tuple[ShardPlan, ...]
     latest: Mapping[str, ManifestRecord]  # the newest records the plan was made from
+    stamp: ManifestStamp  # the manifests they were read from
+
+    def records_now(self) -> Mapping[str, ManifestRecord] | None:
+        """The newest records now (for the final consolidation): the plan's, updated with the lines the
+        shards appended since the plan read the manifests, so a run reads its manifests in full once. None
+        when a manifest shrank or vanished meanwhile (then they are read again)."""
+        appended = appended_records(self.output_dir, {name: size for name, size, _ in self.stamp})
+        if appended is None:
+            return None
+        records, problems = appended
+        warn_unusable(problems)
+        if not records:
+            return self.latest
+        latest = dict(self.latest)
+        for record in records:
+            newest(latest, record)
+        return latest
 
     def shard(self, index: int) -> ShardPlan:
         """The plan of shard `index` (one this invocation runs)."""
@@ -126,11 +146,16 @@ class RunPlan:
 def read_latest(output_dir: Path) -> dict[str, ManifestRecord]:
     """The newest manifest record per video, with one warning per unusable manifest line."""
     latest, problems = latest_records(output_dir)
+    warn_unusable(problems)
+    return latest
+
+
+def warn_unusable(problems: list[ManifestProblem]) -> None:
+    """One warning per unusable manifest line."""
     for problem in problems:
         log.warning(
             "%s line %d: %s (that video will be recomputed)", problem.path, problem.line, problem.reason
         )
-    return latest
 
 
 def decide_all(
@@ -228,7 +253,7 @@ def plan_run(cfg: ExtractConfig) -> RunPlan:
                 cfg, output_dir, settings, weights, index, num_shards, mine, decisions, stamp, extents, counts
             )
         )
-    return RunPlan(cfg, output_dir, settings, weights, num_shards, tuple(shards), latest)
+    return RunPlan(cfg, output_dir, settings, weights, num_shards, tuple(shards), latest, stamp)
 
 
 def print_plan(plan: RunPlan) -> int:

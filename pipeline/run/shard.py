@@ -31,9 +31,6 @@ class ShardSummary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
-    recorded: int = (
-        0  # manifest records written (ok, failed, moved): 0 -> the manifests hold what the plan read
-    )
     rows: int = 0
     seconds: float = 0.0
 
@@ -103,7 +100,6 @@ def record_kept_and_listed(shard: ShardPlan, writer: ResultWriter, summary: Shar
         decision = shard.decisions[entry.key]
         if entry.error:
             summary.failed += 1
-            summary.recorded += 1
             log.error("FAILED %s: %s", entry.rel, entry.error)
             writer.failed(entry, entry.error)
         elif decision.run:
@@ -114,7 +110,6 @@ def record_kept_and_listed(shard: ShardPlan, writer: ResultWriter, summary: Shar
             summary.skipped += 1
             writer.moved(entry, decision.record)
             moved += 1
-            summary.recorded += 1
         else:
             summary.skipped += 1
             kept[decision.reason] = kept.get(decision.reason, 0) + 1
@@ -194,12 +189,10 @@ def extract_videos(
             if not result.ok:
                 writer.failed(entry, str(result.error), result)
                 summary.failed += 1
-                summary.recorded += 1
                 log.error("FAILED %s: %s", entry.rel, result.error)
                 progress.update(0)
                 continue
             record = writer.ok(entry, result)
-            summary.recorded += 1
             rows = int(record.rows or 0)
             summary.ok += 1
             summary.rows += rows

@@ -19,8 +19,8 @@ from pipeline.api import compose_config
 from pipeline.assemble import as_object
 from pipeline.consolidate import ConsolidateError, consolidate
 from pipeline.extract import extract
-from pipeline.outputs import latest_records, read_manifest
-from pipeline.outputs.reader import scan
+from pipeline.outputs import append_record, latest_records, read_manifest
+from pipeline.outputs.reader import open_record, scan
 from pipeline.synth import write_video
 from tests.helpers import run_config
 
@@ -211,3 +211,44 @@ def test_a_rerun_with_nothing_to_do_reads_the_manifests_once(
     assert reads == []  # the plan's records served the consolidation
     with h5py.File(tmp_path / "out" / "features.h5", "r") as h5:
         assert sorted(h5.attrs["num_videos"].reshape(-1).tolist()) == [5]
+
+
+def test_a_rerun_that_extracts_reads_the_manifests_once_and_consolidates_what_it_added(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final consolidation takes the plan's records plus the lines the shard appended since
+    (RunPlan.records_now), not a second full read; features.h5 then holds the recomputed video."""
+    import pipeline.consolidate as consolidate_module
+    import pipeline.run.plan as plan_module
+
+    def config(*extra: str):
+        overrides = [
+            "model.checkpoint=random",
+            f"data.root={videos}",
+            f"output_dir={tmp_path / 'out'}",
+            "data.fps=30",
+            "output.store=packed",
+            *extra,
+        ]
+        return as_object(compose_config("slowfast_tiny", overrides))
+
+    assert extract(config(), None)[0] == 0
+    out = tmp_path / "out"
+    h5_path = out / "features.h5"
+    latest, _ = latest_records(out)
+    redo = sorted(latest)[1]
+    manifest = out / "manifests" / "shard-0-of-1.jsonl"
+    append_record(manifest, {**latest[redo].as_json(), "status": "failed", "outcome": "failed", "error": "e"})
+    reads: list[Path] = []
+    for module in (consolidate_module, plan_module):
+        real = module.latest_records
+        monkeypatch.setattr(module, "latest_records", lambda d, real=real: reads.append(d) or real(d))
+    status, report = extract(config(), None)
+    assert status == 0 and report["totals"]["ok"] == 1 and report["totals"]["skipped"] == 4
+    assert reads == [out]  # the plan's read only
+    after, _ = latest_records(out)
+    assert after[redo].status == "ok" and after[redo].time != latest[redo].time
+    with h5py.File(h5_path, "r") as h5:
+        assert sorted(h5.attrs["num_videos"].reshape(-1).tolist()) == [5]
+        stored = open_record(after[redo], out).load()
+        np.testing.assert_array_equal(h5[redo]["features"][()], stored)

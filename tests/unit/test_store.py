@@ -19,6 +19,7 @@ from pipeline.outputs import (
     PackedStore,
     Sidecar,
     VideoArrays,
+    appended_records,
     decide_resume,
     latest_records,
     read_kept,
@@ -234,3 +235,33 @@ def test_manifest_names_settings_once_and_keeps_one_line_per_kept_run(tmp_path: 
     records, problems = read_manifest(manifest)
     assert [r["key"] for r in records][-1] == "d"
     assert len(problems) == 1 and "unknown settings feed" in problems[0].reason
+
+
+def test_appended_records_are_the_lines_since_a_read_with_their_settings(tmp_path: Path) -> None:
+    """What a run's shards appended after its plan read the manifests (RunPlan.records_now): only those
+    lines, each resolved by the settings line its writer wrote; a manifest that shrank or vanished since
+    means reading everything again (None)."""
+    write_run(tmp_path, ["a", "b"])
+    manifest = tmp_path / naming.manifest_relpath(0, 1)
+    sizes = {manifest.name: manifest.stat().st_size}
+    assert appended_records(tmp_path, sizes) == ([], [])
+    writer = ManifestWriter(manifest)  # the run's shard: a settings line of its own, then its records
+    writer.kept(0, 1, "2026-01-01T00:00:00+00:00", {"done": 1})
+    writer.append(ManifestRecord(key="b", path="b.mp4", status="failed", settings=SETTINGS, error="x"))
+    writer.append(ManifestRecord(key="c", path="c.mp4", status="failed", settings=SETTINGS, error="y"))
+    appended = appended_records(tmp_path, sizes)
+    assert appended is not None
+    records, problems = appended
+    assert not problems and [(r.key, r.error, r.settings) for r in records] == [
+        ("b", "x", SETTINGS),
+        ("c", "y", SETTINGS),
+    ]
+    other = tmp_path / naming.manifest_relpath(1, 2)  # a manifest the read did not see: read whole
+    ManifestWriter(other).append(ManifestRecord(key="z", path="z.mp4", status="failed", settings=SETTINGS))
+    records, _ = appended_records(tmp_path, sizes) or ([], [])
+    assert [r.key for r in records] == ["b", "c", "z"]
+    with open(manifest, "r+b") as f:
+        f.truncate(sizes[manifest.name] - 1)
+    assert appended_records(tmp_path, sizes) is None  # rewritten since: read everything again
+    other.unlink()
+    assert appended_records(tmp_path, {**sizes, other.name: 10}) is None
