@@ -58,7 +58,7 @@ import numpy as np
 import yaml
 
 from pipeline import __version__, naming, outputs
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, exit_status
 from pipeline.outputs.manifest import latest_records
 from pipeline.outputs.reader import (
     FailedVideo,
@@ -591,4 +591,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "pipeline.consolidate"))  # a reader that goes away (| head) is no error

@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline import naming, outputs
 from pipeline.consolidate import open_dataset, read_failed, video_keys
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, exit_status
 from pipeline.outputs.reader import ReadError, StoredVideo, scan
 
 log = logging.getLogger(__name__)
@@ -511,4 +511,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "pipeline.inspect"))  # a reader that goes away (| head) is no error

@@ -54,7 +54,8 @@ for option in "model:" "slowfast_tiny" "data:" "demo" "hardware:" "slurm"; do
 done
 
 step "python -m pipeline.weights --list"
-"$py" -m pipeline.weights --list --cache "$work/weights" | grep -q "slowfast_r50"
+"$py" -m pipeline.weights --list --cache "$work/weights" > weights.txt  # whole: grep -q in a pipe may close it early
+grep -q "slowfast_r50" weights.txt || { cat weights.txt >&2; exit 1; }
 
 step "hardware=slurm composes, validates and plans (dry run)"
 "$py" -m pipeline.extract data=demo model=slowfast_tiny model.checkpoint=random hardware=slurm \

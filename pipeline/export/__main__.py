@@ -2,6 +2,7 @@
 
 import sys
 
+from pipeline.errors import exit_status
 from pipeline.export import main
 
-sys.exit(main())
+sys.exit(exit_status(main, "pipeline.export"))  # a reader that goes away (| head) is no error

@@ -2,6 +2,7 @@
 
 import sys
 
+from pipeline.errors import exit_status
 from pipeline.weights.cli import main
 
-sys.exit(main())
+sys.exit(exit_status(main, "pipeline.weights"))

@@ -102,3 +102,18 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path) -> None:
     writer.stdout.close()  # as `| head -1` does
     _, stderr = writer.communicate(timeout=60)
     assert writer.returncode == 0 and b"internal error" not in stderr and b"Traceback" not in stderr
+
+
+def test_the_weights_list_read_in_part_ends_quietly(tmp_path) -> None:
+    """`python -m pipeline.weights --list | grep -q NAME` (the wheel check) closes the pipe at the first
+    match: the rest of the list is not an error."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pipeline.weights", "--list", "--cache", str(tmp_path)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert writer.stdout is not None
+    writer.stdout.read(10)
+    writer.stdout.close()
+    _, stderr = writer.communicate(timeout=120)
+    assert writer.returncode == 0 and b"Traceback" not in stderr, stderr
