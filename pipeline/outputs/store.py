@@ -26,6 +26,7 @@ bytes are missing or differ is recomputed (pipeline.outputs.resume).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -88,7 +89,6 @@ class Stored:
     offset: int | None = None
     mtime_ns: int | None = None
     inode: int | None = None
-    logits: dict[str, str] | None = None  # files store: head -> logits file
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -145,11 +145,10 @@ class FilesStore:
         for head, values in arrays.logits.items():
             logits[head] = naming.logits_relpath(key, T, head)
             save_array(self.output_dir / logits[head], values, self.durable)
+        sidecar = dataclasses.replace(sidecar, logits=logits or None)  # the sidecar names the logits files
         save_sidecar(self.output_dir / naming.sidecar_relpath(key, T), sidecar, self.durable)
         stat = npy.stat()
-        return Stored(
-            rel, stat.st_size, file_sha256(npy), None, stat.st_mtime_ns, stat.st_ino, logits or None
-        )
+        return Stored(rel, stat.st_size, file_sha256(npy), None, stat.st_mtime_ns, stat.st_ino)
 
     def forget(self, key: str) -> None:
         """Delete the video's files (its sidecar names its logits files)."""
@@ -378,6 +377,7 @@ class PackedStore:
         named = [("features", arrays.features), ("timestamps", arrays.timestamps)]
         named += [(naming.hdf5_logits_name(head), values) for head, values in arrays.logits.items()]
         left_out = (*SIDECAR_IN_HEADER, *SIDECAR_AS_ARRAY)
+        sidecar = dataclasses.replace(sidecar, logits=None)  # the record holds the logits as arrays, no files
         meta_sidecar = {k: v for k, v in sidecar.as_json().items() if k not in left_out}
         record = npy_record(named, {"key": key, "sidecar": meta_sidecar})
         try:

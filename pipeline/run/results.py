@@ -5,7 +5,6 @@ outputs (through `pipeline.outputs.store`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -131,12 +130,7 @@ class ResultWriter:
             raise OutputError(
                 0, f"cannot move {entry.rel} to the {self.store.name} store: {error}"
             ) from error
-        files = {h: naming.logits_relpath(entry.key, self.num_frames, h) for h in arrays.logits}
-        # the files store names logits files in the sidecar; a packed record holds them as arrays
-        sidecar = dataclasses.replace(
-            video.sidecar, logits=(files or None) if self.store is self.files else None
-        )
-        stored = self.store.write(entry.key, arrays, sidecar)
+        stored = self.store.write(entry.key, arrays, video.sidecar)  # the store names its logits
         kept = {k: getattr(done, k) for k in ("seconds", "frames", "rows", "dim", "error", "partial")}
         record = self._record(
             entry,
@@ -167,7 +161,6 @@ class ResultWriter:
             head: top_classes(values, self._class_names() if head == "logits" else None)
             for head, values in logits.items()
         }
-        files = {h: naming.logits_relpath(entry.key, self.num_frames, h) for h in logits}
         info = result.info
         native_fps = info.native_fps if info else None
         timestamps = np.round(timestamps, 6)
@@ -194,7 +187,6 @@ class ResultWriter:
             seconds=round(result.seconds, 3),
             model=cfg.model.name,
             checkpoint=CheckpointRecord(weights.path, weights.sha256, weights.random),
-            logits=(files or None) if self.store is self.files else None,
             top5=top5 or None,
             package_version=pipeline.__version__,
             config=self.config_data,

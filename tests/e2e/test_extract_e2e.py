@@ -174,6 +174,7 @@ def test_logits_and_top5_when_asked(video_root, tmp_path):
     logits = np.load(out / "features" / "a.b_4.logits.npy")
     side = json.loads((out / "features" / "a.b_4.json").read_text())
     assert logits.shape == (side["rows"], 10)
+    assert side["logits"] == {"logits": "features/a.b_4.logits.npy"}  # the sidecar names its logits file
     top = side["top5"]["logits"]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs = (probs / probs.sum(1, keepdims=True)).mean(0)
