@@ -187,26 +187,22 @@ def test_a_manifest_that_disagrees_with_its_part_is_named_and_a_full_rerun_recom
     consolidate([out])
 
 
+def packed_run(videos: Path, out: Path):
+    """The tiny model's packed run of the test videos at their 30 fps, as a typed config."""
+    overrides = ["model.checkpoint=random", f"data.root={videos}", f"output_dir={out}", "data.fps=30"]
+    return as_object(compose_config("slowfast_tiny", [*overrides, "output.store=packed"]))
+
+
 def test_a_rerun_with_nothing_to_do_reads_the_manifests_once(
     videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.consolidate as consolidate_module
 
-    def config():
-        overrides = [
-            "model.checkpoint=random",
-            f"data.root={videos}",
-            f"output_dir={tmp_path / 'out'}",
-            "data.fps=30",
-            "output.store=packed",
-        ]
-        return as_object(compose_config("slowfast_tiny", overrides))
-
-    assert extract(config(), None)[0] == 0
+    assert extract(packed_run(videos, tmp_path / "out"), None)[0] == 0
     reads: list[Path] = []
     real = consolidate_module.latest_records
     monkeypatch.setattr(consolidate_module, "latest_records", lambda d: reads.append(d) or real(d))
-    status, report = extract(config(), None)
+    status, report = extract(packed_run(videos, tmp_path / "out"), None)
     assert status == 0 and report["totals"]["skipped"] == 5
     assert reads == []  # the plan's records served the consolidation
     with h5py.File(tmp_path / "out" / "features.h5", "r") as h5:
@@ -221,18 +217,7 @@ def test_a_rerun_that_extracts_reads_the_manifests_once_and_consolidates_what_it
     import pipeline.consolidate as consolidate_module
     import pipeline.run.plan as plan_module
 
-    def config(*extra: str):
-        overrides = [
-            "model.checkpoint=random",
-            f"data.root={videos}",
-            f"output_dir={tmp_path / 'out'}",
-            "data.fps=30",
-            "output.store=packed",
-            *extra,
-        ]
-        return as_object(compose_config("slowfast_tiny", overrides))
-
-    assert extract(config(), None)[0] == 0
+    assert extract(packed_run(videos, tmp_path / "out"), None)[0] == 0
     out = tmp_path / "out"
     h5_path = out / "features.h5"
     latest, _ = latest_records(out)
@@ -243,7 +228,7 @@ def test_a_rerun_that_extracts_reads_the_manifests_once_and_consolidates_what_it
     for module in (consolidate_module, plan_module):
         real = module.latest_records
         monkeypatch.setattr(module, "latest_records", lambda d, real=real: reads.append(d) or real(d))
-    status, report = extract(config(), None)
+    status, report = extract(packed_run(videos, tmp_path / "out"), None)
     assert status == 0 and report["totals"]["ok"] == 1 and report["totals"]["skipped"] == 4
     assert reads == [out]  # the plan's read only
     after, _ = latest_records(out)
