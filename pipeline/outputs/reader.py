@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.outputs.manifest import latest_records
 from pipeline.outputs.npyfile import npy_data_offset
 from pipeline.outputs.records import FAILED, OK, ManifestRecord, Sidecar, iter_sidecars, read_sidecar
-from pipeline.outputs.store import ArrayRef, read_packed, record_sha256
+from pipeline.outputs.store import ArrayRef, read_packed, read_record
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,35 @@ class StoredVideo:
     def verify(self) -> None:
         """A packed record's bytes against its manifest's sha256 (ReadError naming the way out); a feature
         file's were checked by resume when it changed."""
+        self._verified_record()
+
+    def _verified_record(self) -> bytes | None:
+        """A packed record's bytes, checked against its manifest's sha256 (None without such a record)."""
         record = self.record
         if record is None or not record.packed or record.sha256 is None:
-            return
+            return None
         try:
-            if record_sha256(self.where, int(record.offset or 0), int(record.size or 0)) != record.sha256:
-                raise ReadError(
-                    f"{self.where}: {self.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
-                )
+            data = read_record(self.where, int(record.offset or 0), int(record.size or 0))
         except (OSError, ValueError) as error:
             raise ReadError(f"{self.where}: {self.key}: {error}; {RECOMPUTE_HINT}") from error
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise ReadError(
+                f"{self.where}: {self.key}'s record differs from its manifest (sha256); {RECOMPUTE_HINT}"
+            )
+        return data
 
     def load(self) -> np.ndarray:
-        """The features, verified first (`verify`); ReadError when they cannot be read as recorded."""
-        self.verify()
+        """The features, verified first (`verify`: a packed record is read once, its features taken from
+        the bytes it checked); ReadError when they cannot be read as recorded."""
+        data = self._verified_record()
+        ref = self.features
         try:
-            return self.features.load()
+            if data is None:
+                return ref.load()
+            assert self.record is not None  # the bytes are its record's; the features lie inside them
+            start = ref.offset - int(self.record.offset or 0)
+            count = ref.nbytes // ref.dtype.itemsize
+            return np.frombuffer(data, ref.dtype, count, start).reshape(ref.shape).copy()
         except (OSError, ValueError) as error:
             raise ReadError(f"{self.key}: {error}") from error
 

@@ -276,14 +276,19 @@ def read_packed(part: Path, offset: int, size: int | None = None, sha256: str | 
     return PackedVideo(Sidecar.from_json(sidecar), arrays)
 
 
-def record_sha256(part: Path, offset: int, size: int) -> str:
-    """sha256 of a record's bytes (ValueError when the part ends before it)."""
+def read_record(part: Path, offset: int, size: int) -> bytes:
+    """A record's bytes (ValueError when the part ends before it)."""
     with open(part, "rb") as f:
         f.seek(offset)
         data = f.read(size)
     if len(data) != size:
         raise ValueError(f"{part}: ends inside the record at byte {offset} (truncated)")
-    return hashlib.sha256(data).hexdigest()
+    return data
+
+
+def record_sha256(part: Path, offset: int, size: int) -> str:
+    """sha256 of a record's bytes (ValueError when the part ends before it)."""
+    return hashlib.sha256(read_record(part, offset, size)).hexdigest()
 
 
 def part_extents(records: Mapping[str, ManifestRecord]) -> dict[str, tuple[int, int | None]]:
