@@ -67,6 +67,7 @@ from pipeline.outputs.reader import (
     StoredVideo,
     flatten,
     open_record,
+    record_identity,
     scan,
 )
 from pipeline.outputs.records import FAILED, OK, ManifestRecord, iter_sidecars
@@ -312,7 +313,7 @@ class RecordedView:
     failed: list[FailedVideo]
 
     def identities(self) -> dict[str, str]:
-        return {key: f"{r.output}@{r.offset}:{r.sha256}" for key, (r, _) in self.records.items()}
+        return {key: record_identity(r) for key, (r, _) in self.records.items()}
 
 
 def recorded_view(

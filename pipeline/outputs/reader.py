@@ -39,6 +39,11 @@ class ReadError(PipelineError, ValueError):
     """An output dir that cannot be read as one set of videos (a broken file, mixed settings...)."""
 
 
+def record_identity(record: ManifestRecord) -> str:
+    """A recorded output's identity: its place and sha256 (what consolidation and export compare)."""
+    return f"{record.output}@{record.offset}:{record.sha256}"
+
+
 @dataclass(frozen=True)
 class StoredVideo:
     """One finished video of an output dir: its metadata, and where its arrays are."""
@@ -70,7 +75,7 @@ class StoredVideo:
         without a record: its feature file's name, size and mtime). Equal identity, same features."""
         record = self.record
         if record is not None and record.sha256:
-            return f"{record.output}@{record.offset}:{record.sha256}"
+            return record_identity(record)
         stat = self.features.path.stat()
         return f"{self.features.path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
